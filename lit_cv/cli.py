@@ -1,0 +1,113 @@
+"""The ``lit-cv`` command: LightningCLI with lit-cv's defaults, plus a few extra commands.
+
+``lit-cv fit|validate|test|predict --config X.yaml`` are LightningCLI subcommands; the extra commands in
+``EXTRA_COMMANDS`` (dataset download, LR range test, schedule plot, ...) are dispatched before LightningCLI parses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, Callable
+
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from callbacks.metrics_report import MetricsReport
+from callbacks.prediction_writer import PredictionWriter
+from lit_cv.classifier import Classifier
+
+SEED = 13
+RUNS_DIR = "runs"
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": RUNS_DIR, "name": "default", "default_hp_metric": False},
+    },
+}
+
+CHECKPOINT_DEFAULTS: dict[str, Any] = {
+    "checkpoint.monitor": "val/loss",
+    "checkpoint.mode": "min",
+    "checkpoint.save_last": True,
+    "checkpoint.filename": "best-epoch{epoch:03d}",
+    "checkpoint.auto_insert_metric_name": False,
+}
+
+# name -> "module:function"; the function takes the remaining argv and returns an exit code (or None).
+EXTRA_COMMANDS: dict[str, str] = {
+    "download": "lit_cv.commands.download:main",
+    "lr-find": "lit_cv.commands.lr_find:main",
+    "plot-schedule": "lit_cv.commands.plot_schedule:main",
+}
+
+
+class LitCVCLI(LightningCLI):
+    """LightningCLI for :class:`lit_cv.Classifier` and any datamodule (``data: class_path: ...``).
+
+    Defaults: seed 13; TensorBoard under ``runs/<name>/version_N`` (set ``trainer.logger.init_args.name``);
+    ModelCheckpoint on ``val/loss`` plus ``last.ckpt`` (configurable under ``checkpoint:``); LearningRateMonitor
+    (``lr_monitor:``); a rich progress bar; ``metrics.json`` + table after fit/validate/test; ``predictions.csv``
+    after predict. ``data.num_classes`` and ``data.class_names`` are linked into the model.
+    """
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_kwargs", {"description": _description()})
+        super().__init__(
+            model_class=Classifier,
+            datamodule_class=LightningDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=SEED,
+            trainer_defaults=TRAINER_DEFAULTS,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        callbacks += [MetricsReport(), PredictionWriter()]
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(RichProgressBar())
+        kwargs.setdefault("callbacks", callbacks)
+        return super().instantiate_trainer(**kwargs)
+
+
+def _description() -> str:
+    lines = ["lit-cv: classic computer-vision experiments on Lightning.", ""]
+    if EXTRA_COMMANDS:
+        lines.append("Extra commands (run `lit-cv COMMAND --help`): " + ", ".join(sorted(EXTRA_COMMANDS)))
+    return "\n".join(lines)
+
+
+def _load_command(target: str) -> Callable[[list[str]], Any]:
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lit-cv`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        code = _load_command(EXTRA_COMMANDS[argv[0]])(argv[1:])
+        return int(code or 0)
+    LitCVCLI(args=argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
