@@ -1,0 +1,187 @@
+"""Per-channel normalisation for the image datamodules: the course's train-only statistics, ImageNet, timm, none.
+
+``normalize: train`` uses the course's method: for every TRAIN image, the per-channel mean and standard deviation
+of its pixels (in [0, 1]); both are then averaged over the images. The averaged per-image std is NOT the pooled std
+of all pixels (it leaves out the spread of the image means), so it is smaller than ``torch.std`` over the whole
+split; we keep the course's definition so numbers stay comparable with it. Validation and test images never enter.
+
+The statistics are cached as JSON in a cache folder (next to the data, or a user cache when the data folder is
+read-only; see :func:`resolve_cache_dir`) keyed by the train file list and the preprocessing, so every process and
+every later run (``validate``/``test``/``predict`` after a checkpoint reload) reads identical numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SUPPORTED_NORMALIZE = ("train", "imagenet", "none", "timm:<model_name>")
+CACHE_DIR_NAME = ".lit-cv-cache"  # created inside the data folder when it is writable
+USER_CACHE = Path(os.environ.get("LIT_CV_CACHE", Path.home() / ".cache" / "lit-cv"))
+
+
+@dataclass
+class Normalization:
+    """Mutable mean/std holder shared by a datamodule and its datasets (``load_state_dict`` updates it in place).
+
+    ``mean``/``std`` of ``None`` means "scale to [0, 1] only" (``normalize: none``).
+    """
+
+    method: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float in [0, 1]) C x H x W -> normalised float32."""
+        x = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+        if self.mean is None or self.std is None:
+            return x
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method = state.get("method", self.method)
+        self.mean = None if state.get("mean") is None else tuple(float(v) for v in state["mean"])
+        self.std = None if state.get("std") is None else tuple(float(v) for v in state["std"])
+
+
+def validate_normalize(normalize: str) -> None:
+    """Raise a ``ValueError`` naming the valid choices when ``normalize`` is not one of them."""
+    if normalize in ("train", "imagenet", "none"):
+        return
+    if normalize.startswith("timm:") and normalize[5:]:
+        return
+    raise ValueError(f"normalize={normalize!r} is not supported; use one of {', '.join(SUPPORTED_NORMALIZE)}.")
+
+
+def timm_data_config(model_name: str) -> dict[str, Any]:
+    """timm's eval data config (``input_size``, ``mean``, ``std``, ``crop_pct``) of ``model_name``; no download."""
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None:
+        raise ValueError(
+            f"timm has no pretrained config for model {model_name!r} (normalize='timm:{model_name}'); "
+            "use a name from `timm.list_pretrained()`, e.g. 'timm:resnet18'."
+        )
+    return resolve_data_config(pretrained_cfg=cfg.to_dict())
+
+
+def fixed_normalization(normalize: str) -> Normalization | None:
+    """The normalisation for a data-independent ``normalize`` value; ``None`` for ``train`` (needs the data)."""
+    validate_normalize(normalize)
+    if normalize == "train":
+        return None
+    if normalize == "none":
+        return Normalization("none")
+    if normalize == "imagenet":
+        return Normalization("imagenet", IMAGENET_MEAN, IMAGENET_STD)
+    config = timm_data_config(normalize[5:])
+    return Normalization(normalize, tuple(config["mean"]), tuple(config["std"]), extra=config)
+
+
+def course_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """Per-image per-channel mean and std (unbiased, as ``Tensor.std``), averaged over all images.
+
+    Args:
+        batches: uint8 tensors N x C x H x W (values 0..255) or float tensors in [0, 1].
+
+    Returns:
+        ``(mean, std, n_images)``; mean and std are per-channel tuples.
+    """
+    mean_sum: torch.Tensor | None = None
+    std_sum: torch.Tensor | None = None
+    count = 0
+    for batch in batches:
+        x = batch.to(torch.float64)
+        if batch.dtype == torch.uint8:
+            x = x / 255.0
+        flat = x.flatten(2)  # N x C x (H*W)
+        means, stds = flat.mean(2).sum(0), flat.std(2).sum(0)
+        mean_sum = means if mean_sum is None else mean_sum + means
+        std_sum = stds if std_sum is None else std_sum + stds
+        count += x.shape[0]
+    if count == 0 or mean_sum is None or std_sum is None:
+        raise ValueError("Cannot compute normalisation statistics from an empty train split.")
+    return tuple((mean_sum / count).tolist()), tuple((std_sum / count).tolist()), count
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable ``parts`` (file lists, sizes, preprocessing settings)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return digest[:20]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path | None:
+    """The folder for cached statistics and decoded tensors; never raises.
+
+    ``cache_dir`` if given and writable; else ``<data_dir>/.lit-cv-cache`` when the data folder is writable; else
+    ``$LIT_CV_CACHE`` (default ``~/.cache/lit-cv``) / a hash of the data path; else the system temp folder.
+    ``None`` only when nothing is writable (then nothing is cached).
+    """
+    data_dir = Path(data_dir).expanduser().resolve()
+    candidates = []
+    if cache_dir is not None:
+        candidates.append(Path(cache_dir).expanduser())
+    if data_dir.is_dir() and os.access(data_dir, os.W_OK):
+        candidates.append(data_dir / CACHE_DIR_NAME)
+    tag = f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]}"
+    candidates += [USER_CACHE / tag, Path(tempfile.gettempdir()) / "lit-cv" / tag]
+    for folder in candidates:
+        if _writable(folder):
+            return folder
+    return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (readers never see half a file)."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def read_stats(path: Path | None) -> Normalization | None:
+    """Cached statistics at ``path`` or ``None`` when absent/unreadable."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        return Normalization("train", tuple(state["mean"]), tuple(state["std"]), extra=state)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_stats(path: Path | None, norm: Normalization, **info: Any) -> None:
+    """Cache ``norm`` as JSON at ``path``; a failed write is ignored (the numbers are recomputed next time)."""
+    if path is None:
+        return
+    try:
+        atomic_write_text(path, json.dumps({"mean": norm.mean, "std": norm.std, **info}, indent=1))
+    except OSError:
+        pass
