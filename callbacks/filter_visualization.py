@@ -114,8 +114,8 @@ def save_grid_png(
     import matplotlib.pyplot as plt
 
     height, width = grid.shape[1:]
-    inches = max(3.0, min(16.0, width / 60)), max(2.5, min(16.0, height / 60))
-    fig, ax = plt.subplots(figsize=(inches[0], inches[1] + 0.8))
+    fig_width = max(4.5, min(16.0, width / 50))
+    fig, ax = plt.subplots(figsize=(fig_width, min(20.0, fig_width * height / width + 1.2)))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_title(title, fontsize=9)
     for axis, spec, set_label in ((ax.xaxis, cols, ax.set_xlabel), (ax.yaxis, rows, ax.set_ylabel)):
@@ -319,8 +319,9 @@ class FilterVisualization(Callback):
         scale = upscale_factor(kh, kw)
         rgb = name == self.rgb_layer
         grid = filter_grid(weight, rgb=rgb, scale=scale)
-        if rgb or in_channels == 1:  # one tile per filter, wrapped
-            return grid, None, None
+        if rgb or in_channels == 1:  # one tile per filter, wrapped: index ticks only when it fits on one row
+            single_row = out_channels <= TILES_PER_ROW
+            return grid, None, ("filter", out_channels, kw * scale) if single_row else None
         return grid, ("filter", out_channels, kh * scale), ("input channel", in_channels, kw * scale)
 
     def _feature_maps(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, torch.Tensor]:

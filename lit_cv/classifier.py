@@ -30,6 +30,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from lit_cv.schedules import build_optimizer_and_scheduler, step_scheduler
+
 Task = Literal["multiclass", "binary"]
 Stage = Literal["train", "val", "test"]
 
@@ -116,7 +118,10 @@ class Classifier(LightningModule):
         optimizer: any ``torch.optim`` optimizer, built on the trainable parameters.
         lr_scheduler: any ``torch.optim.lr_scheduler`` scheduler, or ``None``.
         scheduler_interval: ``epoch`` or ``step``: how often Lightning steps the scheduler. Per-batch schedules
-            (CyclicLR, OneCycleLR, CosineAnnealingWarmRestarts as in the course) need ``step``.
+            (CyclicLR, OneCycleLR) need ``step`` and are refused with ``epoch``. CosineAnnealingWarmRestarts
+            counts ``T_0`` in epochs either way: ``step`` steps it every batch with the fractional epoch
+            ``epoch + batch_idx / batches_per_epoch`` as in the course (smooth), ``epoch`` once per epoch
+            (a staircase). Preview any schedule with ``lit-cv plot-schedule --config X.yaml``.
         scheduler_frequency: step the scheduler every this many intervals.
         scheduler_monitor: metric that ReduceLROnPlateau watches.
         l1_lambda: weight of the L1 penalty ``l1_lambda * sum|w|`` over conv/linear weights (not biases), added
@@ -323,10 +328,12 @@ class Classifier(LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.lr_scheduler_factory is None:
+        # CyclicLR on an optimizer without momentum (Adam, plain SGD) is rebuilt with cycle_momentum=False.
+        optimizer, scheduler = build_optimizer_and_scheduler(
+            self.optimizer_factory, self.lr_scheduler_factory, params
+        )
+        if scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
         if isinstance(scheduler, PER_STEP_SCHEDULERS) and self.scheduler_interval != "step":
             raise ValueError(
                 f"{type(scheduler).__name__} counts its period in optimizer steps but scheduler_interval is "
@@ -341,3 +348,15 @@ class Classifier(LightningModule):
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = self.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Lightning's stepping, except CosineAnnealingWarmRestarts with interval ``step``: it gets the course's
+        fractional epoch ``epoch + batch_idx / batches_per_epoch`` (:func:`lit_cv.schedules.step_scheduler`)."""
+        interval = next(
+            (c.interval for c in self.trainer.lr_scheduler_configs if c.scheduler is scheduler), "epoch"
+        )
+        step_scheduler(
+            scheduler, metric, interval=interval, epoch=self.current_epoch,
+            batch_idx=self.trainer.fit_loop.epoch_loop.batch_idx,
+            batches_per_epoch=self.trainer.num_training_batches,
+        )

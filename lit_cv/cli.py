@@ -16,7 +16,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.metrics_report import MetricsReport
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.rng_state import RNGState
+from callbacks.slurm_requeue import SLURMRequeue
 from lit_cv.classifier import Classifier
+from lit_cv.resume import reuse_last_version
+from lit_cv.slurm import num_nodes_from_env
 
 SEED = 13
 RUNS_DIR = "runs"
@@ -74,11 +78,17 @@ class LitCVCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # srun / torchrun jobs: Lightning requires num_nodes to equal the job's node count, so default to it.
+        parser.set_defaults({"trainer.num_nodes": num_nodes_from_env()})
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":  # `--ckpt_path last` continues the newest run in its own version directory
+            reuse_last_version(self.config["fit"])
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
         callbacks = list(config.get("callbacks") or [])
-        callbacks += [MetricsReport(), PredictionWriter()]
+        callbacks += [MetricsReport(), PredictionWriter(), RNGState(), SLURMRequeue()]
         if config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):

@@ -1,0 +1,326 @@
+"""GradientCapture: per-layer gradient norm, parameter norm, update/weight ratio and histograms every N steps.
+
+The course's ``capture_gradients`` / ``capture_parameters`` (Godoy, "Deep Learning with PyTorch Step-by-Step",
+chapter 5) as a callback: besides the TensorBoard scalars and histograms it can keep the raw gradients and
+parameters of chosen layers in memory and plot their evolution over training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+
+PERCENTILE_BANDS = ((0.05, 0.95), (0.25, 0.75))  # shaded bands of the evolution plot, outer to inner
+
+
+def total_norm(tensors: list[torch.Tensor]) -> float:
+    """L2 norm of all ``tensors`` taken together, as if they were concatenated into one vector."""
+    if not tensors:
+        return float("nan")
+    norms = torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])
+    return float(torch.linalg.vector_norm(norms))
+
+
+def update_ratio(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """``||after - before|| / ||before||`` over a layer's parameters (NaN when the weights were all zero).
+
+    The rule of thumb (Karpathy, CS231n) is ~1e-3: much lower means the layer barely learns, much higher that the
+    learning rate is too large for it.
+    """
+    denominator = total_norm(before)
+    if not denominator > 0:
+        return float("nan")
+    return total_norm([a.detach() - b for a, b in zip(after, before)]) / denominator
+
+
+def layers_with_parameters(module: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """``{layer name: [(parameter name, parameter)]}`` for every module that directly owns trainable parameters
+    (names as in ``module.named_modules()``; the root module, if it owns any, is called ``"."``)."""
+    layers = {}
+    for name, layer in module.named_modules():
+        params = [(p_name, p) for p_name, p in layer.named_parameters(recurse=False) if p.requires_grad]
+        if params:
+            layers[name or "."] = params
+    return layers
+
+
+def plot_history(
+    steps: list[int],
+    gradients: dict[str, dict[str, list[torch.Tensor]]],
+    parameters: dict[str, dict[str, list[torch.Tensor]]],
+) -> Any:
+    """A matplotlib figure: one row per kept parameter (``layer.weight``, ``layer.bias``, ...), gradients on the left
+    and parameter values on the right, each the median over the tensor's values per captured step with 25-75% and
+    5-95% percentile bands and the min/max as dotted lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(layer, p_name) for layer, params in parameters.items() for p_name in params]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False, sharex=True)
+    for row, (layer, p_name) in enumerate(rows):
+        for col, (kind, store) in enumerate((("gradient", gradients), ("value", parameters))):
+            ax = axes[row, col]
+            series = store.get(layer, {}).get(p_name, [])
+            if not series:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+                continue
+            x = steps[-len(series):]
+            values = torch.stack([t.float().flatten() for t in series])
+            quantiles = torch.tensor([q for band in PERCENTILE_BANDS for q in band] + [0.5])
+            qs = torch.quantile(values, quantiles, dim=1).numpy()
+            for i, (alpha, (low, high)) in enumerate(zip((0.2, 0.35), PERCENTILE_BANDS)):
+                ax.fill_between(x, qs[2 * i], qs[2 * i + 1], alpha=alpha, color="C0",
+                                label=f"{low:.0%}-{high:.0%}", linewidth=0)
+            ax.plot(x, qs[-1], color="C0", label="median")
+            ax.plot(x, values.min(dim=1).values.numpy(), ":", color="C1", label="min / max")
+            ax.plot(x, values.max(dim=1).values.numpy(), ":", color="C1")
+            ax.set_title(f"{layer}.{p_name} {kind} {tuple(series[0].shape)}", fontsize=9)
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    for ax in axes[-1]:
+        ax.set_xlabel("optimizer step")
+    fig.suptitle("GradientCapture: distribution over training (captured every N steps)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+class GradientCapture(Callback):
+    """Every ``every_n_steps`` optimizer steps, records for each layer with trainable parameters:
+
+    - ``grad_norm/<layer>``: L2 norm of the layer's gradients (all its parameters together), as the optimizer is
+      about to use them: after AMP unscaling and gradient accumulation, before gradient clipping (Lightning's
+      ``on_before_optimizer_step``);
+    - ``param_norm/<layer>``: L2 norm of its parameters before the step;
+    - ``update_ratio/<layer>``: ``||w_after - w_before|| / ||w_before||`` of that step, measured by a
+      ``register_step_post_hook`` on each optimizer, so a step skipped by AMP's GradScaler records nothing;
+    - histograms ``gradients/<layer>.<param>`` and ``parameters/<layer>.<param>`` (``histograms: true``).
+
+    Scalars go to every logger (``log_metrics`` at the global step), histograms to loggers whose experiment has
+    ``add_histogram`` (TensorBoard). With ``keep``, the raw gradients and parameters of those layers are also kept in
+    memory (CPU copies, every ``every_n_steps`` steps: mind the memory for big layers) in ``gradients`` and
+    ``parameters`` (``{layer: {param: [tensor per captured step]}}``, steps in ``captured_steps``), saved in
+    checkpoints so a resumed run keeps its history, and plotted at the end of fit to
+    ``<trainer.log_dir>/gradient_capture/evolution.png`` and TensorBoard (``plot: true``).
+
+    The optimizer hooks are removed at the end of fit (``teardown``) and on exceptions. Rank zero only; with
+    sharded strategies (FSDP, DeepSpeed) the norms cover the local shard only.
+
+    Args:
+        every_n_steps: capture every this many optimizer steps (steps 0, N, 2N, ...).
+        layer_names: layers as in ``LightningModule.named_modules()`` (e.g. ``net.conv1`` for the
+            :class:`~lit_cv.Classifier`); ``None`` takes every module that directly owns trainable parameters.
+        histograms: also log gradient and parameter histograms.
+        keep: layers whose raw gradients and parameters are kept in memory (need not be in ``layer_names``).
+        plot: write the evolution plot of the ``keep`` layers at the end of fit.
+
+    Raises:
+        ValueError: in ``__init__`` for ``every_n_steps`` < 1 or empty/non-string names; in ``setup`` for a layer
+            name that does not exist or has no trainable parameters (the message lists the available layers), or
+            when no logger is configured (or none can log histograms while ``histograms`` is on).
+
+    Example (YAML for ``lit-cv fit --config``)::
+
+        trainer:
+          callbacks:
+            - class_path: callbacks.GradientCapture
+              init_args:
+                every_n_steps: 50
+                keep: [net.conv1, net.fc2]
+
+    Python::
+
+        trainer = Trainer(logger=TensorBoardLogger("runs"), callbacks=[GradientCapture(every_n_steps=50)])
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        layer_names: list[str] | None = None,
+        histograms: bool = True,
+        keep: list[str] | None = None,
+        plot: bool = True,
+    ) -> None:
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be an integer >= 1, got {every_n_steps!r}.")
+        for arg, names in (("layer_names", layer_names), ("keep", keep)):
+            if names is not None and (not names or not all(isinstance(n, str) and n for n in names)):
+                raise ValueError(f"{arg} must be a non-empty list of layer names or omitted, got {names!r}.")
+        self.every_n_steps = every_n_steps
+        self.layer_names = list(layer_names) if layer_names is not None else None
+        self.histograms = histograms
+        self.keep = list(keep) if keep is not None else []
+        self.plot = plot
+        self.layers: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        self.captured_steps: list[int] = []
+        self.gradients: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.parameters: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.plot_path: Path | None = None
+        self._handles: list[RemovableHandle] = []
+        self._trainer: Trainer | None = None
+        self._pending: dict[str, list[torch.Tensor]] = {}  # layer -> parameters before the step being taken
+        self._pending_step: int | None = None
+        self._pending_optimizer: Optimizer | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps, layer_names=self.layer_names,
+                                        keep=self.keep)
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        available = layers_with_parameters(pl_module)
+        for name in (self.layer_names or []) + self.keep:
+            if name not in available:
+                raise ValueError(
+                    f"GradientCapture layer {name!r} does not exist or has no trainable parameters; layers with "
+                    f"parameters: {', '.join(available)}. Fix layer_names / keep."
+                )
+        names = self.layer_names or list(available)
+        self.layers = {name: available[name] for name in dict.fromkeys(names + self.keep)}
+        if trainer.is_global_zero:
+            self._check_loggers(trainer)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._remove_hooks()
+        if trainer.is_global_zero:
+            self._trainer = trainer
+            self._handles = [opt.register_step_post_hook(self._after_optimizer_step) for opt in trainer.optimizers]
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+        self._pending_step = None
+        if not trainer.is_global_zero or trainer.global_step % self.every_n_steps != 0:
+            return
+        self._capture_before_step(trainer, optimizer)
+
+    def _after_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self._pending_step is None or optimizer is not self._pending_optimizer:
+            return
+        self._capture_after_step()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.plot and self.keep and self.captured_steps:
+            self._plot(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.keep:
+            return {}
+        return {"captured_steps": list(self.captured_steps), "gradients": self.gradients,
+                "parameters": self.parameters}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.captured_steps = list(state_dict.get("captured_steps", []))
+        self.gradients = state_dict.get("gradients", {})
+        self.parameters = state_dict.get("parameters", {})
+
+    # ------------------------------------------------------------------ work
+    def _check_loggers(self, trainer: Trainer) -> None:
+        if not trainer.loggers:
+            raise ValueError(
+                "GradientCapture logs scalars but the Trainer has no logger (logger=False). Add "
+                "`trainer.logger: {class_path: lightning.pytorch.loggers.TensorBoardLogger}`."
+            )
+        if self.histograms and not _histogram_writers(trainer):
+            found = ", ".join(type(logger).__name__ for logger in trainer.loggers)
+            raise ValueError(
+                f"GradientCapture histograms need a logger with add_histogram (TensorBoardLogger); loggers found: "
+                f"{found}. Add a TensorBoardLogger or set histograms: false."
+            )
+
+    def _capture_before_step(self, trainer: Trainer, optimizer: Optimizer) -> None:
+        step = trainer.global_step
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        metrics: dict[str, float] = {}
+        self._pending = {}
+        for layer, params in self.layers.items():
+            params = [(p_name, p) for p_name, p in params if id(p) in owned]
+            grads = [p.grad for _, p in params if p.grad is not None]
+            if not params:
+                continue
+            if grads:
+                metrics[f"grad_norm/{layer}"] = total_norm(grads)
+            metrics[f"param_norm/{layer}"] = total_norm([p for _, p in params])
+            self._pending[layer] = [p.detach().clone() for _, p in params]
+            if self.histograms:
+                self._log_histograms(trainer, layer, params, step)
+            if layer in self.keep:
+                self._keep(layer, params)
+        if any(layer in self.keep for layer in self._pending):
+            self.captured_steps.append(step)
+        self._log_scalars(trainer, metrics, step)
+        self._pending_step = step
+        self._pending_optimizer = optimizer
+
+    def _capture_after_step(self) -> None:
+        metrics = {}
+        owned = {id(p) for group in self._pending_optimizer.param_groups for p in group["params"]}
+        for layer, before in self._pending.items():
+            after = [p for _, p in self.layers[layer] if id(p) in owned]
+            metrics[f"update_ratio/{layer}"] = update_ratio(before, after)
+        self._log_scalars(self._trainer, metrics, self._pending_step)
+        self._pending, self._pending_step = {}, None
+
+    def _keep(self, layer: str, params: list[tuple[str, nn.Parameter]]) -> None:
+        for p_name, p in params:
+            self.parameters.setdefault(layer, {}).setdefault(p_name, []).append(p.detach().cpu().clone())
+            if p.grad is not None:
+                self.gradients.setdefault(layer, {}).setdefault(p_name, []).append(p.grad.detach().cpu().clone())
+
+    @staticmethod
+    def _log_scalars(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    @staticmethod
+    def _log_histograms(trainer: Trainer, layer: str, params: list[tuple[str, nn.Parameter]], step: int) -> None:
+        for writer in _histogram_writers(trainer):
+            for p_name, p in params:
+                writer.add_histogram(f"parameters/{layer}.{p_name}", p.detach().cpu(), global_step=step)
+                if p.grad is not None:
+                    writer.add_histogram(f"gradients/{layer}.{p_name}", p.grad.detach().cpu(), global_step=step)
+
+    @rank_zero_only
+    def _plot(self, trainer: Trainer) -> None:
+        import matplotlib.pyplot as plt
+
+        fig = plot_history(self.captured_steps, self.gradients, self.parameters)
+        path = Path(trainer.log_dir or trainer.default_root_dir) / "gradient_capture" / "evolution.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        for writer in _histogram_writers(trainer):
+            writer.add_figure("gradient_capture/evolution", fig, global_step=trainer.global_step, close=False)
+        plt.close(fig)
+        self.plot_path = path
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._pending, self._pending_step, self._pending_optimizer, self._trainer = {}, None, None, None
+
+
+def _histogram_writers(trainer: Trainer) -> list[Any]:
+    """The ``experiment`` of every logger that can log histograms (TensorBoard's SummaryWriter)."""
+    writers = []
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if experiment is not None and callable(getattr(experiment, "add_histogram", None)):
+            writers.append(experiment)
+    return writers

@@ -1,0 +1,92 @@
+"""Cats vs. Dogs (Kaggle 2013 / Microsoft Research's Asirra PetImages) as a LightningDataModule.
+
+Binary task, cat=0 and dog=1. The course's transforms: ``Resize(255)`` then ``CenterCrop(224)``, and ImageNet
+normalisation when fine-tuning a pretrained backbone (``normalize: imagenet`` or ``timm:<model_name>``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datamodules.image_folder import CacheMode, FileSplit, ImageFolderDataModule, stratified_split
+
+ALIASES = {"cat": ("cats",), "dog": ("dogs",)}
+
+
+class CatsDogsDataModule(ImageFolderDataModule):
+    """Cats vs. Dogs from either layout (class folders ``cat``/``cats``/``Cat`` and ``dog``/``dogs``/``Dog``):
+
+    - ``train/{cat,dog}`` with optional ``validation/{cat,dog}`` and ``test/{cat,dog}``; without a validation
+      folder, ``val_split`` of ``train`` (stratified, seeded) validates; without a test folder, the validation
+      split also tests;
+    - Microsoft's ``PetImages/{Cat,Dog}`` (one folder, known to hold a few corrupt files, which are skipped with a
+      warning), split by ``val_split``; the validation split also tests.
+
+    Images are resized so the shorter side is ``resize_size`` (default ``round(image_size * 255 / 224)``: the
+    course's 255 for 224) and centre-cropped to ``image_size``. ``cache: disk`` (the default) decodes the JPEGs once
+    into a memory-mapped ``.npy`` (about 150 kB per image at 224 px); ``memory`` suits small subsets. Other
+    arguments: see :class:`~datamodules.image_folder.ImageFolderDataModule`.
+
+    Example::
+
+        data:
+          class_path: datamodules.CatsDogsDataModule
+          init_args: {data_dir: data/cats_dogs, image_size: 224, normalize: imagenet, batch_size: 32}
+
+    Get the data with ``lit-cv download cats_dogs --data-dir data/cats_dogs``.
+    """
+
+    CLASS_NAMES = ("cat", "dog")
+    DOWNLOAD_NAME = "cats_dogs"
+    LAYOUT = (
+        "  DATA_DIR/train/{cat,dog}/*.jpg  (or cats/dogs), optional DATA_DIR/validation/... and DATA_DIR/test/...\n"
+        "  or DATA_DIR/PetImages/{Cat,Dog}/*.jpg  (Microsoft's kagglecatsanddogs zip), split by val_split"
+    )
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        image_size: int | None = 224,
+        resize_size: int | None = None,
+        augment: bool = False,
+        normalize: str = "imagenet",
+        cache: CacheMode = "disk",
+        val_split: float = 0.2,
+        seed: int = 13,
+        cache_dir: str | Path | None = None,
+        download: bool = False,
+    ) -> None:
+        if not 0.0 < val_split < 1.0:
+            raise ValueError(f"val_split must be in (0, 1), got {val_split}.")
+        if resize_size is not None and image_size is not None and resize_size < image_size:
+            raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}) for the centre crop.")
+        self._resize_override = resize_size
+        super().__init__(
+            data_dir, batch_size, num_workers, image_size, augment, normalize, cache, seed, cache_dir, download
+        )
+
+    def _resize_for(self, crop: int) -> int:
+        return self._resize_override or round(crop * 255 / 224)
+
+    def _discover(self) -> dict[str, FileSplit]:
+        root = self.data_dir
+        if (root / "PetImages").is_dir():
+            return self._split(self._class_tree(root / "PetImages", ALIASES), None)
+        if not (root / "train").is_dir():
+            raise self._missing(f"Neither {str(root / 'train')!r} nor {str(root / 'PetImages')!r} exists")
+        train = self._class_tree(root / "train", ALIASES)
+        val = self._class_tree(root / "validation", ALIASES) if (root / "validation").is_dir() else None
+        test = self._class_tree(root / "test", ALIASES) if (root / "test").is_dir() else None
+        splits = self._split(train, val)
+        if test is not None:
+            splits["test"] = test
+        return splits
+
+    def _split(self, train: FileSplit, val: FileSplit | None) -> dict[str, FileSplit]:
+        if val is None:
+            train_idx, val_idx = stratified_split(train.labels, self.hparams.val_split, self.hparams.seed)
+            val = FileSplit([train.paths[i] for i in val_idx], [train.labels[i] for i in val_idx])
+            train = FileSplit([train.paths[i] for i in train_idx], [train.labels[i] for i in train_idx])
+        return {"train": train, "val": val, "test": val}
