@@ -96,6 +96,7 @@ class EarlyStopping(_LightningEarlyStopping):
         self.best_epoch: int | None = None
         self.restored_from: str | None = None  # "memory", a checkpoint path, or None
         self._best_weights: dict[str, torch.Tensor] | None = None
+        self._batch_step = 0
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -112,6 +113,9 @@ class EarlyStopping(_LightningEarlyStopping):
         self._best_weights = state_dict.get("best_weights")
 
     # ------------------------------------------------------------------ hooks
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch_step = trainer.global_step  # the step this batch trains as (what training_step sees)
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -139,7 +143,7 @@ class EarlyStopping(_LightningEarlyStopping):
         should_stop = trainer.strategy.reduce_boolean_decision(not finite, all=False)
         if not should_stop:
             return
-        step = trainer.global_step
+        step = self._batch_step
         value = loss.detach().float().cpu().tolist() if loss.numel() == 1 else "non-finite"
         message = (
             f"Training loss is {value} at global step {step} (epoch {trainer.current_epoch}, batch {batch_idx}): "
@@ -191,7 +195,9 @@ class EarlyStopping(_LightningEarlyStopping):
         path = checkpoint.best_model_path if checkpoint is not None else ""
         trainer.strategy.barrier("early_stopping_restore")
         if path and Path(path).is_file():
-            trainer.strategy.load_model_state_dict(trainer.strategy.load_checkpoint(path), strict=True)
+            # written by this fit's ModelCheckpoint (its hparams may hold partials): trusted, full unpickling
+            checkpoint_dict = trainer.strategy.load_checkpoint(path, weights_only=False)
+            trainer.strategy.load_model_state_dict(checkpoint_dict, strict=True)
             self.restored_from = path
         elif self._best_weights is not None:
             pl_module.load_state_dict(self._best_weights, strict=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
@@ -49,7 +50,8 @@ def _enlarge(tiles: torch.Tensor, factor: int) -> torch.Tensor:
 def filter_grid(weight: torch.Tensor, rgb: bool = False, scale: int = 1, padding: int = GRID_PADDING) -> torch.Tensor:
     """A ``(3, H, W)`` image in [0, 1] of the filters of a conv weight ``(out, in, kh, kw)``.
 
-    Each filter (``weight[o]``, all its input channels together) is normalised to its own range.
+    Each filter (``weight[o]``, all its input channels together) is normalised to its own range. Tiles are
+    separated by ``padding`` white pixels (none around a single tile, as in ``make_grid``).
 
     - ``rgb=True`` (needs ``in == 3``): one colour tile per filter, ``TILES_PER_ROW`` tiles per row.
     - ``rgb=False``: greyscale, one row per filter and one column per input channel (the course's layout); with a
@@ -115,7 +117,11 @@ def save_grid_png(
 
     height, width = grid.shape[1:]
     fig_width = max(4.5, min(16.0, width / 50))
-    fig, ax = plt.subplots(figsize=(fig_width, min(20.0, fig_width * height / width + 1.2)))
+    fig_height = min(20.0, (fig_width - 0.8) * height / width + 1.0)
+    fig, ax = plt.subplots(figsize=(fig_width, fig_height))
+    # fixed margins in inches (title above, labels left and below): cheaper than tight_layout
+    fig.subplots_adjust(left=0.65 / fig_width, right=1 - 0.15 / fig_width, bottom=0.6 / fig_height,
+                        top=1 - 0.4 / fig_height)
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_title(title, fontsize=9)
     for axis, spec, set_label in ((ax.xaxis, cols, ax.set_xlabel), (ax.yaxis, rows, ax.set_ylabel)):
@@ -127,7 +133,6 @@ def save_grid_png(
         axis.set_ticks(tile_centres(count, tile)[::step], [str(i) for i in range(0, count, step)])
         set_label(label)
     ax.tick_params(labelsize=7, length=0)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -183,7 +188,7 @@ class FilterVisualization(Callback):
     Raises:
         ValueError: in ``__init__`` for a negative ``every_n_epochs``, ``num_images`` or ``max_channels`` < 1, or
             empty ``layer_names``; in ``setup`` when a layer name does not exist (the message lists the Conv2d
-            layers), the model has no Conv2d, or no logger can log images.
+            layers), the model has no Conv2d, or the Trainer has no ``TensorBoardLogger``.
         TypeError: in ``setup`` when a named layer is not a ``Conv2d``.
 
     Example (YAML for ``lit-cv fit --config``)::
@@ -240,11 +245,11 @@ class FilterVisualization(Callback):
         self.layers = self._resolve_layers(pl_module)
         first = conv_layer_names(pl_module)[0]
         self.rgb_layer = first if first in self.layers and self.layers[first].in_channels == 3 else None
-        if trainer.is_global_zero and _image_writer(trainer) is None:
+        if not _tensorboard_loggers(trainer):  # checked on every rank so all of them raise together
             found = ", ".join(type(logger).__name__ for logger in trainer.loggers) or "none"
             raise ValueError(
-                f"FilterVisualization needs a logger that can log images (TensorBoardLogger); loggers found: {found}. "
-                "Add `trainer.logger: {class_path: lightning.pytorch.loggers.TensorBoardLogger}`."
+                f"FilterVisualization logs images to TensorBoard but no TensorBoardLogger is configured; loggers "
+                f"found: {found}. Add `trainer.logger: {{class_path: lightning.pytorch.loggers.TensorBoardLogger}}`."
             )
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -281,27 +286,29 @@ class FilterVisualization(Callback):
 
     @rank_zero_only
     def _visualize(self, trainer: Trainer, pl_module: LightningModule, suffix: str) -> None:
-        writer = _image_writer(trainer)
+        writers = [logger.experiment for logger in _tensorboard_loggers(trainer)]
         step = trainer.global_step
-        to_tensorboard = writer is not None and step != self._last_logged_step
+        if step == self._last_logged_step:  # the end of fit right after a periodic log: PNG files only
+            writers = []
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "filter_visualization"
         title_when = f"epoch {trainer.current_epoch}, step {step}" if suffix != "final" else f"end of fit, step {step}"
         maps = self._feature_maps(trainer, pl_module) if self.feature_maps else {}
         self.last_paths = []
         for name, layer in self.layers.items():
             grid, rows, cols = self._filter_figure(name, layer.weight)
-            if to_tensorboard:
+            for writer in writers:
                 writer.add_image(f"filters/{name}", grid, global_step=step)
             shape = "x".join(str(s) for s in layer.weight.shape)
+            order = "" if cols else " in reading order"
             self.last_paths.append(
                 save_grid_png(grid, out_dir / f"filters_{name}_{suffix}.png",
-                              f"{name} filters ({shape}), {title_when}", rows=rows, cols=cols)
+                              f"{name} filters ({shape}){order}, {title_when}", rows=rows, cols=cols)
             )
             if name in maps:
                 fmap = maps[name][:, : self.max_channels]
                 scale = upscale_factor(*fmap.shape[-2:])
                 grid = feature_map_grid(fmap, scale=scale)
-                if to_tensorboard:
+                for writer in writers:
                     writer.add_image(f"feature_maps/{name}", grid, global_step=step)
                 self.last_paths.append(
                     save_grid_png(grid, out_dir / f"feature_maps_{name}_{suffix}.png",
@@ -364,10 +371,5 @@ class FilterVisualization(Callback):
         return first_input_batch(batch, self.num_images)
 
 
-def _image_writer(trainer: Trainer) -> Any | None:
-    """The ``experiment`` (e.g. a SummaryWriter) of the first logger that has ``add_image``."""
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if experiment is not None and callable(getattr(experiment, "add_image", None)):
-            return experiment
-    return None
+def _tensorboard_loggers(trainer: Trainer) -> list[TensorBoardLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]

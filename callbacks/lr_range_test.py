@@ -10,7 +10,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import _TunerExitException
-from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau, _enable_get_lr_call
+from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from lit_cv.lr_range_test import (
     SUPPORTED_METHODS,
@@ -30,15 +30,13 @@ def _with_kwargs(factory: Any, **kwargs: Any) -> Any:
     return None
 
 
-def _refresh_current_lrs(scheduler: LRScheduler, optimizer: Any) -> None:
-    """Recompute the current LR of each group from the scheduler's (new) bounds, at the schedule's first step."""
-    if scheduler.last_epoch != 0 or isinstance(scheduler, ReduceLROnPlateau):
-        return
-    with _enable_get_lr_call(scheduler):
-        values = scheduler.get_lr()
-    for group, value in zip(optimizer.param_groups, values):
-        group["lr"] = float(value)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+def _rescale_current_lrs(optimizer: Any, scheduler: Any, old_initial: list[float]) -> None:
+    """Scale each group's current LR by its new/old initial LR, so the schedule keeps its shape (at the first step
+    the current LR is the initial one, or e.g. a warm-up fraction of it) and starts from the new value."""
+    for group, old in zip(optimizer.param_groups, old_initial):
+        group["lr"] = group["lr"] * group["initial_lr"] / old if old > 0 else group["initial_lr"]
+    if scheduler is not None:
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def apply_suggestion(trainer: Trainer, pl_module: LightningModule, lr: float, bound_ratio: float = 4.0) -> str:
@@ -55,13 +53,13 @@ def apply_suggestion(trainer: Trainer, pl_module: LightningModule, lr: float, bo
     groups = optimizer.param_groups
     configs = trainer.lr_scheduler_configs
     scheduler = configs[0].scheduler if configs else None
+    old_initial = [group.get("initial_lr", group["lr"]) for group in groups]
     if isinstance(scheduler, CyclicLR):
         base_lr = lr / bound_ratio
         scheduler.max_lrs = [lr] * len(groups)
         scheduler.base_lrs = [base_lr] * len(groups)
         for group in groups:
             group["initial_lr"] = base_lr
-        _refresh_current_lrs(scheduler, optimizer)
         factory_kwargs, target = {"base_lr": base_lr, "max_lr": lr}, "lr_scheduler_factory"
         done = f"CyclicLR bounds set to base_lr={base_lr:.4g}, max_lr={lr:.4g} (ratio {bound_ratio:g})"
     elif isinstance(scheduler, OneCycleLR):
@@ -72,19 +70,23 @@ def apply_suggestion(trainer: Trainer, pl_module: LightningModule, lr: float, bo
             group["initial_lr"] = lr / div_factor
             group["min_lr"] = group["initial_lr"] / final_div_factor
         scheduler.base_lrs = [group["initial_lr"] for group in groups]
-        _refresh_current_lrs(scheduler, optimizer)
         factory_kwargs, target = {"max_lr": lr}, "lr_scheduler_factory"
         done = f"OneCycleLR max_lr set to {lr:.4g}"
-    else:
+    elif isinstance(scheduler, LRScheduler) and not isinstance(scheduler, ReduceLROnPlateau):
+        for group in groups:
+            group["initial_lr"] = lr
+        scheduler.base_lrs = [lr] * len(groups)
+        factory_kwargs, target = {"lr": lr}, "optimizer_factory"
+        done = f"optimizer LR (the schedule's base LR) set to {lr:.4g}"
+    else:  # no schedule, or ReduceLROnPlateau which only ever lowers the current LR
         for group in groups:
             group["lr"] = lr
             if "initial_lr" in group:
                 group["initial_lr"] = lr
-        if isinstance(scheduler, LRScheduler) and not isinstance(scheduler, ReduceLROnPlateau):
-            scheduler.base_lrs = [lr] * len(groups)
-            _refresh_current_lrs(scheduler, optimizer)
         factory_kwargs, target = {"lr": lr}, "optimizer_factory"
         done = f"optimizer LR set to {lr:.4g}"
+    if isinstance(scheduler, LRScheduler) and not isinstance(scheduler, ReduceLROnPlateau):
+        _rescale_current_lrs(optimizer, scheduler, old_initial)
     factory = getattr(pl_module, target, None)
     if factory is not None:
         wrapped = _with_kwargs(factory, **factory_kwargs)

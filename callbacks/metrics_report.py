@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,9 @@ def render_table(stage: str, report: dict[str, Any]) -> Any:
 
 class MetricsReport(Callback):
     """At the end of ``fit``, ``validate`` and ``test``: print a table of the final metrics, write them to
-    ``metrics.json`` in the logger's run directory (merged per stage) and print its path. After ``fit`` the
+    ``metrics.json`` in the logger's run directory (merged per stage) and print its path. During ``fit`` it keeps a
+    per-epoch ``history`` of the validation metrics with the elapsed training seconds (time-to-accuracy), kept in
+    the checkpoint so a resumed run continues it. After ``fit`` the
     hyperparameters go to TensorBoard's HPARAMS tab together with the final validation metrics (``hp/...``), so runs
     compare side by side. Rank zero only. The ``lit-cv`` CLI adds this callback to every run.
 
@@ -105,14 +108,40 @@ class MetricsReport(Callback):
             raise ValueError(f"MetricsReport filename must end in .json, got {filename!r}.")
         self.filename = filename
         self.last_path: Path | None = None
+        self.history: list[dict[str, float]] = []
+        self.fit_seconds = 0.0  # training wall time summed over (resumed) fits
+        self._fit_started: float | None = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_started = time.perf_counter()
+
+    def _elapsed(self) -> float:
+        running = time.perf_counter() - self._fit_started if self._fit_started is not None else 0.0
+        return self.fit_seconds + running
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.fit_seconds = self._elapsed()
+        self._fit_started = None
         self._report(trainer, pl_module, "fit")
         self._log_hparams(trainer, pl_module)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._report(trainer, pl_module, "validate")
+        elif trainer.state.fn == "fit" and not trainer.sanity_checking:
+            entry = {"epoch": trainer.current_epoch, "seconds": round(self._elapsed(), 3)}
+            for name, value in trainer.callback_metrics.items():
+                number = _to_number(value)
+                if name.startswith("val/") and "/acc_class/" not in name and number is not None:
+                    entry[name] = number
+            self.history = [h for h in self.history if h["epoch"] != entry["epoch"]] + [entry]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "fit_seconds": self._elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.fit_seconds = float(state_dict.get("fit_seconds", 0.0))
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._report(trainer, pl_module, "test")
@@ -125,6 +154,9 @@ class MetricsReport(Callback):
         from rich.console import Console
 
         report = collect_metrics(trainer, pl_module)
+        if stage == "fit":
+            report["fit_seconds"] = round(self.fit_seconds, 3)
+            report["history"] = self.history
         self.last_path = write_metrics_json(self._run_dir(trainer) / self.filename, stage, report)
         console = Console()
         console.print(render_table(stage, report))

@@ -1,5 +1,17 @@
 """LightningDataModules, one per dataset; select them in YAML as ``data: class_path: datamodules.NAME``."""
 
+from datamodules.bank import BankMarketingDataModule
+from datamodules.cats_dogs import CatsDogsDataModule
 from datamodules.digits import DigitsDataModule
+from datamodules.image_folder import ImageFolderDataModule
+from datamodules.mnist import MNISTDataModule
+from datamodules.rps import RPSDataModule
 
-__all__ = ["DigitsDataModule"]
+__all__ = [
+    "BankMarketingDataModule",
+    "CatsDogsDataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "RPSDataModule",
+]

@@ -57,12 +57,10 @@ def decode_image(path: str | Path, resize: int | None, crop: int | None) -> torc
     Raises:
         OSError: zero-byte, truncated or non-image file.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PIL's "Corrupt EXIF data" / palette-transparency chatter
-        with Image.open(path) as img:
-            if img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")
-            img = img.convert("RGB")
+    with Image.open(path) as img:
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
+        img = img.convert("RGB")
     if resize is not None:
         img = TF.resize(img, resize)
     if crop is not None:
@@ -84,7 +82,9 @@ def decode_all(
 ) -> tuple[torch.Tensor | None, list[int]]:
     """Decode ``paths`` with a few threads; returns (stacked uint8 images of the good files or None, bad indices)."""
     workers = min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
+    # silence PIL's "Corrupt EXIF data" chatter here, in the calling thread: catch_warnings is not thread-safe
+    with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:
+        warnings.simplefilter("ignore", UserWarning)
         decoded = list(pool.map(lambda p: _try_decode(p, resize, crop), paths, chunksize=32))
     bad = [i for i, img in enumerate(decoded) if img is None]
     good = [img for img in decoded if img is not None]
@@ -231,6 +231,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.datasets: dict[str, ImageSplitDataset] = {}
         self._memo: dict[str, SplitData] = {}
         self._cache_dir: Path | None | bool = False  # False = not resolved yet
+        self._non_images: list[Path] = []  # filled by _class_tree, reported with the unreadable images
 
     # ---- subclass hooks -------------------------------------------------------------------------------------------
     def _discover(self) -> dict[str, FileSplit | SplitData]:
@@ -306,6 +307,8 @@ class ImageFolderDataModule(LightningDataModule):
 
     # ---- internals ------------------------------------------------------------------------------------------------
     def _input_size(self, image_size: int | None, normalize: str) -> tuple[int, int]:
+        if normalize.startswith("timm:"):
+            timm_data_config(normalize[5:])  # fail now, not at setup, on an unknown model name
         if image_size is None:
             if not normalize.startswith("timm:"):
                 raise ValueError(
@@ -346,7 +349,9 @@ class ImageFolderDataModule(LightningDataModule):
             folder = next((folders[n.lower()] for n in names if n.lower() in folders), None)
             if folder is None:
                 raise self._missing(f"Class folder {name!r} is missing under {str(root)!r}")
-            files = list_files(folder)
+            files = []
+            for path in list_files(folder):  # non-images (Thumbs.db, .DS_Store) never enter a split
+                (files if path.suffix.lower() in IMG_EXTENSIONS else self._non_images).append(path)
             paths += files
             labels += [index] * len(files)
         return FileSplit(paths, labels)
@@ -368,8 +373,9 @@ class ImageFolderDataModule(LightningDataModule):
         """Discover the splits and load/decode them once, skipping bad files with one warning."""
         if self.splits:
             return
+        self._non_images = []
         found = self._discover()
-        bad_paths: list[Path] = []
+        bad_paths: list[Path] = sorted(set(self._non_images))
         loaded: dict[int, SplitData] = {}
         for name, split in found.items():
             if id(split) not in loaded:

@@ -134,7 +134,7 @@ class MNISTDataModule(ImageFolderDataModule):
         raise self._missing(f"{IDX_FILES[what]}[.gz] is missing in {str(raw)!r}{hint}")
 
     def _to_split(self, images: np.ndarray, labels: np.ndarray, key: Any) -> SplitData:
-        tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).unsqueeze(1)
+        tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1)  # a writable copy
         if self.crop_size != tensor.shape[-1]:
             tensor = TF.resize(tensor, [self.crop_size, self.crop_size], antialias=True)
         return SplitData(labels=torch.from_numpy(labels.astype(np.int64)), images=tensor, key=fingerprint(key))

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
 from torchmetrics import MaxMetric, MetricCollection
@@ -280,6 +280,15 @@ class Classifier(LightningModule):
         return out
 
     # ------------------------------------------------------------------ epoch ends
+    def on_fit_start(self) -> None:
+        # Runs after setup, so freezing by TransferNet / BackboneFinetuning is counted (the course prints both).
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        self.param_counts = {"params/total": total, "params/trainable": trainable}
+        rank_zero_info(f"Parameters: {total:,} total, {trainable:,} trainable ({total - trainable:,} frozen)")
+        for logger in self.loggers:
+            logger.log_metrics(self.param_counts, step=self.global_step)
+
     def on_train_start(self) -> None:
         # The sanity check ran validation once; its numbers must not count towards the best accuracy.
         self.val_acc_best.reset()

@@ -11,10 +11,11 @@ import sys
 from typing import Any, Callable
 
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.metrics_report import MetricsReport
+from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.rng_state import RNGState
 from callbacks.slurm_requeue import SLURMRequeue
@@ -78,6 +79,9 @@ class LitCVCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        # Tabular nets get their input width from the data. jsonargparse skips this link when the datamodule has no
+        # `num_features` or the net no `in_features` (image data, image nets), so it is safe for every config.
+        parser.link_arguments("data.num_features", "model.net.init_args.in_features", apply_on="instantiate")
         # srun / torchrun jobs: Lightning requires num_nodes to equal the job's node count, so default to it.
         parser.set_defaults({"trainer.num_nodes": num_nodes_from_env()})
 

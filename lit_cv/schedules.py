@@ -17,6 +17,7 @@ behind that wiring so they can be tested and reused without a Trainer:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -214,11 +215,29 @@ def simulate_schedule(
         ValueError: for a bad interval, frequency or size, too few ``metrics``, or a plateau scheduler stepped
             per batch before the first validation (Lightning fails there too).
     """
-    return _simulate(
+    return simulate_configs(
         optimizer, [_config(scheduler, interval, frequency, "val")] if scheduler is not None else [],
         max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, accumulate_grad_batches=accumulate_grad_batches,
         metrics=metrics, param_group=param_group,
     )
+
+
+def module_optimizer_and_schedulers(module: Any) -> tuple[Optimizer, list[LRSchedulerConfig]]:
+    """Call ``module.configure_optimizers()`` (any form Lightning accepts) and parse it with Lightning's own
+    parser: the optimizer and its scheduler configs (interval, frequency, monitor), without a Trainer.
+
+    Raises:
+        ValueError: if the module configures no optimizer or more than one.
+    """
+    from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
+
+    optimizers, schedulers, monitor = _configure_optimizers(module.configure_optimizers())
+    if len(optimizers) != 1:
+        raise ValueError(
+            f"Simulating a schedule needs exactly one optimizer; {type(module).__name__}.configure_optimizers "
+            f"returned {len(optimizers)}."
+        )
+    return optimizers[0], _configure_schedulers_automatic_opt(schedulers, monitor)
 
 
 def simulate_module_schedule(
@@ -230,28 +249,16 @@ def simulate_module_schedule(
     metrics: Sequence[float] | None = None,
     param_group: int = 0,
 ) -> list[float]:
-    """:func:`simulate_schedule` for a LightningModule: calls its ``configure_optimizers`` (any of the forms
-    Lightning accepts; one optimizer) and simulates every scheduler attached to it.
-
-    Raises:
-        ValueError: if the module configures no optimizer or more than one.
-    """
-    from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
-
-    optimizers, schedulers, monitor = _configure_optimizers(module.configure_optimizers())
-    if len(optimizers) != 1:
-        raise ValueError(
-            f"simulate_module_schedule needs exactly one optimizer; {type(module).__name__}.configure_optimizers "
-            f"returned {len(optimizers)}."
-        )
-    configs = _configure_schedulers_automatic_opt(schedulers, monitor)
-    return _simulate(
-        optimizers[0], configs, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
+    """:func:`simulate_schedule` for a LightningModule: every scheduler its ``configure_optimizers`` attaches,
+    with the interval and frequency it asks for (see :func:`module_optimizer_and_schedulers`)."""
+    optimizer, configs = module_optimizer_and_schedulers(module)
+    return simulate_configs(
+        optimizer, configs, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
         accumulate_grad_batches=accumulate_grad_batches, metrics=metrics, param_group=param_group,
     )
 
 
-def _simulate(
+def simulate_configs(
     optimizer: Optimizer,
     configs: Iterable[LRSchedulerConfig],
     *,
@@ -261,7 +268,10 @@ def _simulate(
     metrics: Sequence[float] | None,
     param_group: int,
 ) -> list[float]:
-    """Mirrors ``_TrainingEpochLoop.advance``/``on_advance_end`` and ``_FitLoop.on_advance_end`` (Lightning 2.x)."""
+    """:func:`simulate_schedule` for Lightning ``LRSchedulerConfig``s sharing one optimizer.
+
+    Mirrors ``_TrainingEpochLoop.advance``/``on_advance_end`` and ``_FitLoop.on_advance_end`` (Lightning 2.x).
+    """
     configs = list(configs)
     if max_epochs < 1 or steps_per_epoch < 1:
         raise ValueError(f"max_epochs and steps_per_epoch must be >= 1, got {max_epochs} and {steps_per_epoch}.")
@@ -272,12 +282,30 @@ def _simulate(
     if metrics is not None and len(metrics) < max_epochs:
         raise ValueError(f"metrics has {len(metrics)} values but max_epochs is {max_epochs}: give one per epoch.")
 
+    lrs: list[float] = []
+    with warnings.catch_warnings():  # no optimizer.step() happens in a dry run: that is the point
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        _run(optimizer, configs, lrs, max_epochs, steps_per_epoch, accumulate_grad_batches, metrics, param_group)
+    return lrs
+
+
+def _run(
+    optimizer: Optimizer,
+    configs: list[LRSchedulerConfig],
+    lrs: list[float],
+    max_epochs: int,
+    steps_per_epoch: int,
+    accumulate_grad_batches: int,
+    metrics: Sequence[float] | None,
+    param_group: int,
+) -> None:
+    """The loop of :func:`simulate_configs`; appends to ``lrs``."""
+    last_metric: float | None = None
+
     def step(config: LRSchedulerConfig, epoch: int, batch_idx: int, metric: Any) -> None:
         step_scheduler(config.scheduler, metric, interval=config.interval, epoch=epoch, batch_idx=batch_idx,
                        batches_per_epoch=steps_per_epoch)
 
-    lrs: list[float] = []
-    last_metric: float | None = None
     for epoch in range(max_epochs):
         epoch_metric = 1.0 if metrics is None else float(metrics[epoch])
         for batch_idx in range(steps_per_epoch):
@@ -307,4 +335,3 @@ def _simulate(
         for config in configs:  # plateau, end of epoch
             if config.reduce_on_plateau and config.interval == "epoch" and (epoch + 1) % config.frequency == 0:
                 step(config, epoch, steps_per_epoch - 1, torch.tensor(epoch_metric))
-    return lrs

@@ -121,12 +121,12 @@ def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module,
         )
     model = torchvision.models.get_model(arch, weights=None)
     if isinstance(pretrained, str):
-        model.load_state_dict(load_weights_file(pretrained))
+        _load_state(model, load_weights_file(pretrained), f"torchvision model {arch!r}", pretrained)
     elif pretrained:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         if cache.is_file():
-            model.load_state_dict(load_weights_file(cache))
+            _load_state(model, load_weights_file(cache), f"torchvision model {arch!r}", cache)
         elif hub_offline():
             raise _missing_weights_error(TORCHVISION_PREFIX + arch, weights.url, str(cache))
         else:
@@ -149,16 +149,20 @@ def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module,
 
 
 def _load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor], model_name: str, path: str) -> None:
-    """Load a full-model state dict into a classifier-less timm model; only classifier keys may be left over."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    """Load a full-model state dict into a classifier-less timm model (the classifier's keys are dropped)."""
     classifier = model.pretrained_cfg.get("classifier", "fc")
     classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    unexpected = [k for k in unexpected if not any(k.startswith(f"{c}.") for c in classifiers)]
-    if missing or unexpected:
+    state = {k: v for k, v in state.items() if not any(k.startswith(f"{c}.") for c in classifiers)}
+    _load_state(model, state, f"timm model {model_name!r}", path)
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], what: str, path: str | os.PathLike) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
         raise ValueError(
-            f"Weights in {path!r} do not fit timm model {model_name!r}: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}. Save the weights of the same architecture (`timm.create_model({model_name!r})`)."
-        )
+            f"Weights in {str(path)!r} do not fit {what}; save the weights of the same architecture. {err}"
+        ) from err
 
 
 def frozen_param_names(backbone: nn.Module, stages: list[str], unfreeze_last: int) -> set[str]:

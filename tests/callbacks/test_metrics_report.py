@@ -29,6 +29,10 @@ def test_fit_then_test_merge_into_one_file(tiny_trainer_kwargs, tmp_path):
     data = json.loads(report.last_path.read_text())
     assert report.last_path == tmp_path / "t" / "version_0" / "metrics.json"
     assert set(data) == {"fit", "test"}
+    history = data["fit"]["history"]
+    assert [h["epoch"] for h in history] == [0] and history[0]["val/acc"] == data["fit"]["metrics"]["val/acc"]
+    assert data["fit"]["fit_seconds"] >= history[0]["seconds"] > 0
+    assert report.state_dict()["history"] == history
     assert "val/acc" in data["fit"]["metrics"] and "val" in data["fit"]["per_class"]
     confusion = model.confusion["test"]
     per_class = data["test"]["per_class"]["test"]

@@ -1,0 +1,38 @@
+"""ModelCheckpoint: Lightning's, with ``save_last=True`` writing ``last.ckpt`` after every validation again."""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's :class:`~lightning.pytorch.callbacks.ModelCheckpoint`, except that ``save_last=True`` refreshes
+    ``last.ckpt`` at every checkpointing point (each validation, or each training epoch end without validation).
+
+    Since Lightning 2.6, ``last.ckpt`` is only written when a top-k checkpoint is saved at the same step: with the
+    usual ``save_top_k=1`` it becomes a copy of the *best* checkpoint, and ``--ckpt_path last`` (or a SLURM requeue)
+    silently rewinds to the best epoch, throwing away the epochs since. Same arguments as Lightning's; the ``lit-cv``
+    CLI uses this class for its ``checkpoint:`` group.
+
+    Example::
+
+        checkpoint:          # lit-cv fit --config ...
+          monitor: val/loss
+          save_last: true
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: Trainer) -> None:
+        # Skipped when the parent saved at this step already (then it wrote last.ckpt itself).
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

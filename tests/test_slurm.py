@@ -1,0 +1,179 @@
+"""SLURM preemption without a cluster: the environment a job step has, a fake ``scontrol``, real signals.
+
+``lit_cv/slurm.py`` (job id, ``scontrol requeue``, node count) is tested directly; ``callbacks.SLURMRequeue`` inside
+a real ``lit-cv fit`` subprocess that receives SIGUSR1 like a job 90 s before its time limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from subprocess_runs import QUICKSTART, fast_config, lit_cv_env, start
+
+from callbacks.slurm_requeue import SLURMRequeue
+from lit_cv.slurm import num_nodes_from_env, requeue_job, slurm_job_id
+
+JOB_ID = "4242"
+# What srun exports to a one-task job step (Lightning's SLURMEnvironment reads these).
+SLURM_STEP_ENV = {
+    "SLURM_JOB_ID": JOB_ID,
+    "SLURM_JOB_NAME": "lit-cv-test",
+    "SLURM_NTASKS": "1",
+    "SLURM_NTASKS_PER_NODE": "1",
+    "SLURM_NNODES": "1",
+    "SLURM_NODEID": "0",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODELIST": "localhost",
+}
+
+
+def fake_scontrol(bin_dir: Path, record: Path, exit_code: int = 0, then_sigterm: bool = False) -> Path:
+    """An ``scontrol`` that appends its arguments to ``record``; like SLURM after a requeue it can SIGTERM its caller."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "scontrol"
+    lines = ["#!/bin/sh", f'echo "$@" >> "{record}"']
+    if then_sigterm:
+        lines.append('kill -TERM "$PPID"')
+    lines.append(f"exit {exit_code}")
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def path_without_scontrol(bin_dir: Path | None) -> str:
+    dirs = [str(bin_dir)] if bin_dir else []
+    dirs += [d for d in os.environ["PATH"].split(os.pathsep) if d and not (Path(d) / "scontrol").exists()]
+    return os.pathsep.join(dirs)
+
+
+# ---------------------------------------------------------------------------------------------- lit_cv.slurm
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({"SLURM_JOB_ID": "17"}, "17"), ({"SLURM_JOB_ID": "18", "SLURM_ARRAY_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "3"}, "9_3"),
+     ({}, None)],
+)
+def test_slurm_job_id(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str | None) -> None:
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert slurm_job_id() == expected
+
+
+def test_requeue_job_calls_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = tmp_path / "calls.txt"
+    fake_scontrol(tmp_path / "bin", record)
+    monkeypatch.setenv("PATH", path_without_scontrol(tmp_path / "bin"))
+    assert requeue_job("123_4") is True
+    assert record.read_text().split() == ["requeue", "123_4"]
+
+
+def test_requeue_job_reports_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="lit_cv.slurm")
+    monkeypatch.setenv("PATH", path_without_scontrol(None))
+    assert requeue_job("123") is False
+    assert "`scontrol` is not on PATH" in caplog.text and "#21404" in caplog.text
+
+    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt", exit_code=1)
+    monkeypatch.setenv("PATH", path_without_scontrol(tmp_path / "bin"))
+    assert requeue_job("123") is False
+    assert "exited with 1" in caplog.text
+
+    assert requeue_job("123; rm -rf /") is False
+    assert "is not a SLURM job id" in caplog.text
+    assert (tmp_path / "calls.txt").read_text().split() == ["requeue", "123"]  # the bad id never reached scontrol
+
+
+def test_requeue_job_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nsleep 30\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", path_without_scontrol(bin_dir))
+    started = time.monotonic()
+    assert requeue_job("5", timeout=0.5) is False
+    assert time.monotonic() - started < 10
+    assert "timed out" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, 1),
+        ({"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "train"}, 2),
+        ({"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "interactive"}, 1),  # salloc shell, no srun
+        ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "4"}, 4),  # torchrun --nnodes 4 --nproc-per-node 4
+    ],
+)
+def test_num_nodes_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: int) -> None:
+    for key in ("SLURM_NTASKS", "SLURM_NNODES", "SLURM_JOB_NAME", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert num_nodes_from_env() == expected
+
+
+def test_slurm_requeue_rejects_bad_timeout() -> None:
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds, got 0"):
+        SLURMRequeue(timeout=0)
+
+
+# ---------------------------------------------------------------------------------------------- a real fit, signalled
+def _signal_running_fit(tmp_path: Path, env: dict[str, str], max_epochs: int) -> tuple[int, str, Path]:
+    """Start ``lit-cv fit`` as a SLURM job step, send SIGUSR1 once training is under way (the first ``last.ckpt``
+    exists), wait for the exit. Returns (exit code, output, checkpoint directory)."""
+    config = fast_config(tmp_path, max_epochs=max_epochs, limit_train_batches=20, limit_val_batches=1)
+    log = tmp_path / "fit.log"
+    process = start(["fit", "--config", QUICKSTART, "--config", config], cwd=tmp_path, log=log, env=env)
+    checkpoints = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints"
+    deadline = time.monotonic() + 240
+    try:
+        while not (checkpoints / "last.ckpt").exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"fit ended or stalled before its first checkpoint:\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        process.send_signal(signal.SIGUSR1)
+        code = process.wait(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return code, log.read_text(), checkpoints
+
+
+def test_sigusr1_checkpoints_then_requeues(tmp_path: Path) -> None:
+    record = tmp_path / "scontrol_calls.txt"
+    # Like the real controller, the fake scontrol answers the requeue with SIGTERM to the job (Lightning #20542).
+    fake_scontrol(tmp_path / "bin", record, then_sigterm=True)
+    env = lit_cv_env(**SLURM_STEP_ENV, PATH=path_without_scontrol(tmp_path / "bin"))
+    max_epochs = 50
+
+    code, output, checkpoints = _signal_running_fit(tmp_path, env, max_epochs)
+
+    assert record.read_text().splitlines() == [f"requeue {JOB_ID}"], output[-3000:]
+    assert "SLURM requeue signal: saving" in output
+    checkpoint = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 0 < checkpoint["epoch"] < max_epochs - 1, "training stopped early, at the preemption checkpoint"
+    # Lightning's in-handler checkpoint (hpc_ckpt_N.ckpt in default_root_dir) was not used.
+    assert not list(tmp_path.rglob("hpc_ckpt_*.ckpt"))
+    assert code == 0, "stopped by the requeue, not killed"
+
+
+def test_missing_scontrol_is_reported_and_training_continues(tmp_path: Path) -> None:
+    env = lit_cv_env(**SLURM_STEP_ENV, PATH=path_without_scontrol(None))
+    max_epochs = 3
+
+    code, output, checkpoints = _signal_running_fit(tmp_path, env, max_epochs)
+
+    assert code == 0, output[-3000:]
+    assert "SLURM requeue signal: saving" in output
+    assert "`scontrol` is not on PATH" in output
+    checkpoint = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == max_epochs - 1, "without a requeue, the fit runs to its end"
