@@ -144,7 +144,10 @@ class EarlyStopping(_LightningEarlyStopping):
         if not should_stop:
             return
         step = self._batch_step
-        value = loss.detach().float().cpu().tolist() if loss.numel() == 1 else "non-finite"
+        if finite:
+            value = "non-finite on another rank"
+        else:
+            value = loss.detach().float().cpu().tolist() if loss.numel() == 1 else "non-finite"
         message = (
             f"Training loss is {value} at global step {step} (epoch {trainer.current_epoch}, batch {batch_idx}): "
             "stopping training. Lower the learning rate, clip gradients (`trainer.gradient_clip_val`) or check "
@@ -165,8 +168,8 @@ class EarlyStopping(_LightningEarlyStopping):
                 and callback.mode == self.mode
                 and callback.save_top_k != 0
                 and (callback.every_n_epochs or 0) <= 1
-                and not callback._every_n_train_steps
-                and callback._train_time_interval is None
+                and not getattr(callback, "_every_n_train_steps", 0)
+                and getattr(callback, "_train_time_interval", None) is None
             ):
                 return callback
         return None

@@ -1,8 +1,9 @@
 """FilterVisualization: conv filters and the feature maps of a fixed validation batch as image grids.
 
 The course's ``visualize_filters`` / ``visualize_outputs`` (Godoy, "Deep Learning with PyTorch Step-by-Step",
-chapter 5) as a callback: every ``every_n_epochs`` epochs and at the end of fit, each chosen ``Conv2d`` layer's
-filters and its outputs on a fixed set of validation images go to TensorBoard (``add_image``) and to PNG files.
+chapter 5) as a callback: every ``every_n_epochs`` epochs and at the end of fit, each chosen ``Conv2d``
+layer's filters and its outputs on a fixed set of validation images go to TensorBoard (``add_image``) and to
+PNG files.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from torch import nn
 from torchvision.utils import make_grid
 
 GRID_PADDING = 2  # pixels between tiles (white)
-MIN_TILE_SIDE = 32  # small tiles (3x3 kernels, 11x11 maps) are enlarged by an integer factor to about this side
+MIN_TILE_SIDE = (
+    32  # small tiles (3x3 kernels, 11x11 maps) are enlarged by an integer factor to about this side
+)
 TILES_PER_ROW = 8  # wrap of one-image-per-tile grids (RGB filters, single-input-channel filters)
 
 
@@ -37,7 +40,8 @@ def normalize_each(tiles: torch.Tensor) -> torch.Tensor:
 
 
 def upscale_factor(height: int, width: int, min_side: int = MIN_TILE_SIDE) -> int:
-    """Integer nearest-neighbour enlargement that brings the larger tile side up to about ``min_side`` pixels."""
+    """Integer nearest-neighbour enlargement that brings the larger tile side up to about ``min_side``
+    pixels."""
     return max(1, min_side // max(height, width))
 
 
@@ -47,15 +51,17 @@ def _enlarge(tiles: torch.Tensor, factor: int) -> torch.Tensor:
     return tiles.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
-def filter_grid(weight: torch.Tensor, rgb: bool = False, scale: int = 1, padding: int = GRID_PADDING) -> torch.Tensor:
+def filter_grid(
+    weight: torch.Tensor, rgb: bool = False, scale: int = 1, padding: int = GRID_PADDING
+) -> torch.Tensor:
     """A ``(3, H, W)`` image in [0, 1] of the filters of a conv weight ``(out, in, kh, kw)``.
 
     Each filter (``weight[o]``, all its input channels together) is normalised to its own range. Tiles are
     separated by ``padding`` white pixels (none around a single tile, as in ``make_grid``).
 
     - ``rgb=True`` (needs ``in == 3``): one colour tile per filter, ``TILES_PER_ROW`` tiles per row.
-    - ``rgb=False``: greyscale, one row per filter and one column per input channel (the course's layout); with a
-      single input channel, one tile per filter wrapped like the RGB grid.
+    - ``rgb=False``: greyscale, one row per filter and one column per input channel (the course's layout);
+      with a single input channel, one tile per filter wrapped like the RGB grid.
 
     Args:
         weight: the conv weight, ``(out_channels, in_channels / groups, kh, kw)``.
@@ -67,7 +73,9 @@ def filter_grid(weight: torch.Tensor, rgb: bool = False, scale: int = 1, padding
         ValueError: if ``weight`` is not 4-D, or ``rgb`` is asked for a weight without 3 input channels.
     """
     if weight.ndim != 4:
-        raise ValueError(f"filter_grid needs a 4-D conv weight (out, in, kh, kw), got shape {tuple(weight.shape)}.")
+        raise ValueError(
+            f"filter_grid needs a 4-D conv weight (out, in, kh, kw), got shape {tuple(weight.shape)}."
+        )
     out_channels, in_channels, kh, kw = weight.shape
     if rgb and in_channels != 3:
         raise ValueError(f"rgb=True needs 3 input channels, the weight has {in_channels}; use rgb=False.")
@@ -81,14 +89,16 @@ def filter_grid(weight: torch.Tensor, rgb: bool = False, scale: int = 1, padding
 
 
 def feature_map_grid(maps: torch.Tensor, scale: int = 1, padding: int = GRID_PADDING) -> torch.Tensor:
-    """A ``(3, H, W)`` greyscale grid of layer outputs ``(images, channels, h, w)``: one row per image, one column
-    per channel, each map normalised to its own range.
+    """A ``(3, H, W)`` greyscale grid of layer outputs ``(images, channels, h, w)``: one row per image, one
+    column per channel, each map normalised to its own range.
 
     Raises:
         ValueError: if ``maps`` is not 4-D.
     """
     if maps.ndim != 4:
-        raise ValueError(f"feature_map_grid needs (images, channels, h, w) outputs, got shape {tuple(maps.shape)}.")
+        raise ValueError(
+            f"feature_map_grid needs (images, channels, h, w) outputs, got shape {tuple(maps.shape)}."
+        )
     n_images, channels, h, w = maps.shape
     tiles = normalize_each(maps.detach().cpu().reshape(n_images * channels, 1, h, w))
     return make_grid(_enlarge(tiles, scale), nrow=channels, padding=padding, pad_value=1.0)
@@ -120,8 +130,9 @@ def save_grid_png(
     fig_height = min(20.0, (fig_width - 0.8) * height / width + 1.0)
     fig, ax = plt.subplots(figsize=(fig_width, fig_height))
     # fixed margins in inches (title above, labels left and below): cheaper than tight_layout
-    fig.subplots_adjust(left=0.65 / fig_width, right=1 - 0.15 / fig_width, bottom=0.6 / fig_height,
-                        top=1 - 0.4 / fig_height)
+    fig.subplots_adjust(
+        left=0.65 / fig_width, right=1 - 0.15 / fig_width, bottom=0.6 / fig_height, top=1 - 0.4 / fig_height
+    )
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_title(title, fontsize=9)
     for axis, spec, set_label in ((ax.xaxis, cols, ax.set_xlabel), (ax.yaxis, rows, ax.set_ylabel)):
@@ -140,7 +151,8 @@ def save_grid_png(
 
 
 def first_input_batch(batch: Any, num_images: int) -> torch.Tensor:
-    """The first ``num_images`` inputs of a batch: a tensor, or the first element of a ``(x, y, ...)`` tuple/list.
+    """The first ``num_images`` inputs of a batch: a tensor, or the first element of a ``(x, y, ...)``
+    tuple/list.
 
     Raises:
         TypeError: for any other batch structure.
@@ -148,8 +160,9 @@ def first_input_batch(batch: Any, num_images: int) -> torch.Tensor:
     x = batch[0] if isinstance(batch, (list, tuple)) else batch
     if not isinstance(x, torch.Tensor):
         raise TypeError(
-            f"FilterVisualization needs batches that are a tensor or an (x, y) tuple, got {type(batch).__name__} "
-            f"whose first element is {type(x).__name__}. Set feature_maps: false to log filters only."
+            f"FilterVisualization needs batches that are a tensor or an (x, y) tuple, got "
+            f"{type(batch).__name__} whose first element is {type(x).__name__}. Set feature_maps: false to "
+            "log filters only."
         )
     return x[:num_images].detach().cpu().clone()
 
@@ -160,35 +173,39 @@ def conv_layer_names(module: nn.Module) -> list[str]:
 
 
 class FilterVisualization(Callback):
-    """Logs conv filters and feature maps as image grids, every ``every_n_epochs`` epochs and at the end of fit.
+    """Logs conv filters and feature maps as image grids, every ``every_n_epochs`` epochs and at the end of
+    fit.
 
-    **Filters.** For each chosen ``Conv2d``: the first conv layer of the model is shown in colour (one RGB tile per
-    filter) when it has 3 input channels; every other layer in greyscale with one row per filter and one column per
-    input channel. Each filter is normalised to its own range, so tiles show patterns, not magnitudes.
+    **Filters.** For each chosen ``Conv2d``: the first conv layer of the model is shown in colour (one RGB
+    tile per filter) when it has 3 input channels; every other layer in greyscale with one row per filter and
+    one column per input channel. Each filter is normalised to its own range, so tiles show patterns, not
+    magnitudes.
 
     **Feature maps.** The layer outputs (before any activation) for a fixed set of ``num_images`` validation
     images: taken once, the first images of the first validation batch, read with the global RNG isolated so
-    adding this callback never changes training. One row per image, one column per channel, each map normalised to
-    its own range. The model runs in eval mode under ``no_grad`` and is put back in its previous mode.
+    adding this callback never changes training. One row per image, one column per channel, each map
+    normalised to its own range. The model runs in eval mode under ``no_grad`` and is put back in its previous
+    mode.
 
-    Output: TensorBoard images ``filters/<layer>`` and ``feature_maps/<layer>`` at the global step, and PNG files
-    ``<trainer.log_dir>/filter_visualization/{filters,feature_maps}_<layer>_epoch<E>.png`` (``..._final.png`` at
-    the end of fit). Rank zero only. Tiles smaller than 32 px are enlarged by an integer factor so 3x3 kernels are
-    visible.
+    Output: TensorBoard images ``filters/<layer>`` and ``feature_maps/<layer>`` at the global step, and PNG
+    files ``<trainer.log_dir>/filter_visualization/{filters,feature_maps}_<layer>_epoch<E>.png``
+    (``..._final.png`` at the end of fit). Rank zero only. Tiles smaller than 32 px are enlarged by an integer
+    factor so 3x3 kernels are visible.
 
     Args:
-        layer_names: names of ``Conv2d`` layers as in ``LightningModule.named_modules()`` (e.g. ``net.conv1`` for
-            the :class:`~lit_cv.Classifier`); ``None`` takes every ``Conv2d``.
+        layer_names: names of ``Conv2d`` layers as in ``LightningModule.named_modules()`` (e.g. ``net.conv1``
+            for the :class:`~lit_cv.Classifier`); ``None`` takes every ``Conv2d``.
         every_n_epochs: log after every this many training epochs; ``0`` logs only at the end of fit.
         num_images: validation images whose feature maps are shown.
         max_channels: show at most this many filters, input channels and feature-map channels per layer (the
             first ones), so wide layers stay readable.
-        feature_maps: also log feature maps (needs a validation dataloader; skipped with a warning without one).
+        feature_maps: also log feature maps (needs a validation dataloader; skipped with a warning without
+        one).
 
     Raises:
-        ValueError: in ``__init__`` for a negative ``every_n_epochs``, ``num_images`` or ``max_channels`` < 1, or
-            empty ``layer_names``; in ``setup`` when a layer name does not exist (the message lists the Conv2d
-            layers), the model has no Conv2d, or the Trainer has no ``TensorBoardLogger``.
+        ValueError: in ``__init__`` for a negative ``every_n_epochs``, ``num_images`` or ``max_channels`` < 1,
+            or empty ``layer_names``; in ``setup`` when a layer name does not exist (the message lists the
+            Conv2d layers), the model has no Conv2d, or the Trainer has no ``TensorBoardLogger``.
         TypeError: in ``setup`` when a named layer is not a ``Conv2d``.
 
     Example (YAML for ``lit-cv fit --config``)::
@@ -221,7 +238,9 @@ class FilterVisualization(Callback):
                     "omit it to visualise every Conv2d."
                 )
         if every_n_epochs < 0:
-            raise ValueError(f"every_n_epochs must be >= 0 (0 = only at the end of fit), got {every_n_epochs}.")
+            raise ValueError(
+                f"every_n_epochs must be >= 0 (0 = only at the end of fit), got {every_n_epochs}."
+            )
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}.")
         if max_channels < 1:
@@ -248,8 +267,9 @@ class FilterVisualization(Callback):
         if not _tensorboard_loggers(trainer):  # checked on every rank so all of them raise together
             found = ", ".join(type(logger).__name__ for logger in trainer.loggers) or "none"
             raise ValueError(
-                f"FilterVisualization logs images to TensorBoard but no TensorBoardLogger is configured; loggers "
-                f"found: {found}. Add `trainer.logger: {{class_path: lightning.pytorch.loggers.TensorBoardLogger}}`."
+                "FilterVisualization logs images to TensorBoard but no TensorBoardLogger is configured; "
+                f"loggers found: {found}. Add "
+                "`trainer.logger: {class_path: lightning.pytorch.loggers.TensorBoardLogger}`."
             )
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -265,7 +285,8 @@ class FilterVisualization(Callback):
         available = conv_layer_names(pl_module)
         if not available:
             raise ValueError(
-                f"FilterVisualization found no nn.Conv2d in {type(pl_module).__name__}; it only visualises conv nets."
+                f"FilterVisualization found no nn.Conv2d in {type(pl_module).__name__}; it only visualises "
+                "conv nets."
             )
         names = self.layer_names or available
         modules = dict(pl_module.named_modules())
@@ -273,13 +294,13 @@ class FilterVisualization(Callback):
         for name in names:
             if name not in modules:
                 raise ValueError(
-                    f"FilterVisualization layer {name!r} does not exist; Conv2d layers: {', '.join(available)}. "
-                    "Set layer_names to some of them."
+                    f"FilterVisualization layer {name!r} does not exist; Conv2d layers: "
+                    f"{', '.join(available)}. Set layer_names to some of them."
                 )
             if not isinstance(modules[name], nn.Conv2d):
                 raise TypeError(
-                    f"FilterVisualization layer {name!r} is a {type(modules[name]).__name__}, not an nn.Conv2d; "
-                    f"Conv2d layers: {', '.join(available)}."
+                    f"FilterVisualization layer {name!r} is a {type(modules[name]).__name__}, not an "
+                    f"nn.Conv2d; Conv2d layers: {', '.join(available)}."
                 )
             layers[name] = modules[name]
         return layers
@@ -291,7 +312,9 @@ class FilterVisualization(Callback):
         if step == self._last_logged_step:  # the end of fit right after a periodic log: PNG files only
             writers = []
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "filter_visualization"
-        title_when = f"epoch {trainer.current_epoch}, step {step}" if suffix != "final" else f"end of fit, step {step}"
+        title_when = (
+            f"epoch {trainer.current_epoch}, step {step}" if suffix != "final" else f"end of fit, step {step}"
+        )
         maps = self._feature_maps(trainer, pl_module) if self.feature_maps else {}
         self.last_paths = []
         for name, layer in self.layers.items():
@@ -301,8 +324,13 @@ class FilterVisualization(Callback):
             shape = "x".join(str(s) for s in layer.weight.shape)
             order = "" if cols else " in reading order"
             self.last_paths.append(
-                save_grid_png(grid, out_dir / f"filters_{name}_{suffix}.png",
-                              f"{name} filters ({shape}){order}, {title_when}", rows=rows, cols=cols)
+                save_grid_png(
+                    grid,
+                    out_dir / f"filters_{name}_{suffix}.png",
+                    f"{name} filters ({shape}){order}, {title_when}",
+                    rows=rows,
+                    cols=cols,
+                )
             )
             if name in maps:
                 fmap = maps[name][:, : self.max_channels]
@@ -311,10 +339,13 @@ class FilterVisualization(Callback):
                 for writer in writers:
                     writer.add_image(f"feature_maps/{name}", grid, global_step=step)
                 self.last_paths.append(
-                    save_grid_png(grid, out_dir / f"feature_maps_{name}_{suffix}.png",
-                                  f"{name} outputs {tuple(maps[name].shape[1:])}, {title_when}",
-                                  rows=("image", fmap.shape[0], fmap.shape[-2] * scale),
-                                  cols=("channel", fmap.shape[1], fmap.shape[-1] * scale))
+                    save_grid_png(
+                        grid,
+                        out_dir / f"feature_maps_{name}_{suffix}.png",
+                        f"{name} outputs {tuple(maps[name].shape[1:])}, {title_when}",
+                        rows=("image", fmap.shape[0], fmap.shape[-2] * scale),
+                        cols=("channel", fmap.shape[1], fmap.shape[-1] * scale),
+                    )
                 )
         self._last_logged_step = step
 
@@ -338,7 +369,9 @@ class FilterVisualization(Callback):
                 return {}
         outputs: dict[str, torch.Tensor] = {}
         handles = [
-            layer.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach().cpu()))
+            layer.register_forward_hook(
+                lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach().cpu())
+            )
             for name, layer in self.layers.items()
         ]
         was_training = pl_module.training
@@ -353,9 +386,14 @@ class FilterVisualization(Callback):
         return outputs
 
     def _take_batch(self, trainer: Trainer) -> torch.Tensor | None:
-        """The first ``num_images`` inputs of the first validation batch, read with the global RNG isolated."""
+        """The first ``num_images`` inputs of the first validation batch, read with the global RNG
+        isolated."""
         loaders = trainer.val_dataloaders
-        if loaders is None and trainer.datamodule is not None and hasattr(trainer.datamodule, "val_dataloader"):
+        if (
+            loaders is None
+            and trainer.datamodule is not None
+            and hasattr(trainer.datamodule, "val_dataloader")
+        ):
             loaders = trainer.datamodule.val_dataloader()
         if isinstance(loaders, dict):
             loaders = list(loaders.values())
@@ -363,7 +401,9 @@ class FilterVisualization(Callback):
             loaders = loaders[0] if loaders else None
         if loaders is None:
             if not self._batch_missing_warned:
-                rank_zero_warn("FilterVisualization: no validation dataloader, so feature maps are not logged.")
+                rank_zero_warn(
+                    "FilterVisualization: no validation dataloader, so feature maps are not logged."
+                )
                 self._batch_missing_warned = True
             return None
         with isolate_rng():

@@ -33,8 +33,8 @@ def total_norm(tensors: list[torch.Tensor]) -> float:
 def update_ratio(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
     """``||after - before|| / ||before||`` over a layer's parameters (NaN when the weights were all zero).
 
-    The rule of thumb (Karpathy, CS231n) is ~1e-3: much lower means the layer barely learns, much higher that the
-    learning rate is too large for it.
+    The rule of thumb (Karpathy, CS231n) is ~1e-3: much lower means the layer barely learns, much higher that
+    the learning rate is too large for it.
     """
     denominator = total_norm(before)
     if not denominator > 0:
@@ -43,9 +43,10 @@ def update_ratio(before: list[torch.Tensor], after: list[torch.Tensor]) -> float
 
 
 def histogram_summary(tensor: torch.Tensor, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
-    """Keyword arguments for TensorBoard's ``SummaryWriter.add_histogram_raw``: ``bins`` equal-width buckets between
-    the min and max of ``tensor`` (a constant tensor gets one unit-wide range around its value), counted with
-    ``torch.histc`` on the tensor's device. About 6x cheaper than ``add_histogram``'s NumPy binning."""
+    """Keyword arguments for TensorBoard's ``SummaryWriter.add_histogram_raw``: ``bins`` equal-width buckets
+    between the min and max of ``tensor`` (a constant tensor gets one unit-wide range around its value),
+    counted with ``torch.histc`` on the tensor's device. About 6x cheaper than ``add_histogram``'s NumPy
+    binning."""
     values = tensor.detach().flatten().float()
     low, high = float(values.min()), float(values.max())
     if low == high:
@@ -75,14 +76,16 @@ def layers_with_parameters(module: nn.Module) -> dict[str, list[tuple[str, nn.Pa
 
 
 def plot_history(
-    steps: list[int],
+    steps: dict[str, list[int]],
     gradients: dict[str, dict[str, list[torch.Tensor]]],
     parameters: dict[str, dict[str, list[torch.Tensor]]],
     title: str = "distribution over training",
 ) -> Any:
-    """A matplotlib figure: one row per kept parameter (``layer.weight``, ``layer.bias``, ...), gradients on the left
-    and parameter values on the right, each the median over the tensor's values per captured step with 25-75% and
-    5-95% percentile bands and the min/max as dotted lines."""
+    """A matplotlib figure: one row per kept parameter (``layer.weight``, ``layer.bias``, ...), gradients on
+    the left and parameter values on the right, each the median over the tensor's values per captured step
+    with 25-75% and 5-95% percentile bands and the min/max as dotted lines. ``steps[layer]`` are the steps the
+    layer was captured at; percentiles of tensors over a million values use an evenly strided subset
+    (``torch.quantile``'s size limit)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,13 +100,21 @@ def plot_history(
             if not series:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
                 continue
-            x = steps[-len(series):]
+            x = steps[layer]
             values = torch.stack([t.float().flatten() for t in series])
             quantiles = torch.tensor([q for band in PERCENTILE_BANDS for q in band] + [0.5])
-            qs = torch.quantile(values, quantiles, dim=1).numpy()
+            stride = max(1, -(-values.shape[1] // 2**20))
+            qs = torch.quantile(values[:, ::stride], quantiles, dim=1).numpy()
             for i, (alpha, (low, high)) in enumerate(zip((0.2, 0.35), PERCENTILE_BANDS)):
-                ax.fill_between(x, qs[2 * i], qs[2 * i + 1], alpha=alpha, color="C0",
-                                label=f"{low:.0%}-{high:.0%}", linewidth=0)
+                ax.fill_between(
+                    x,
+                    qs[2 * i],
+                    qs[2 * i + 1],
+                    alpha=alpha,
+                    color="C0",
+                    label=f"{low:.0%}-{high:.0%}",
+                    linewidth=0,
+                )
             ax.plot(x, qs[-1], color="C0", label="median")
             ax.plot(x, values.min(dim=1).values.numpy(), ":", color="C1", label="min / max")
             ax.plot(x, values.max(dim=1).values.numpy(), ":", color="C1")
@@ -119,20 +130,21 @@ def plot_history(
 
 
 class GradientCapture(Callback):
-    """Every ``every_n_steps`` optimizer steps, records for each layer with trainable parameters:
+    """Every ``every_n_steps`` optimizer steps, records for each layer whose parameters got gradients:
 
-    - ``grad_norm/<layer>``: L2 norm of the layer's gradients (all its parameters together), as the optimizer is
-      about to use them: after AMP unscaling and gradient accumulation, before gradient clipping (Lightning's
-      ``on_before_optimizer_step``);
+    - ``grad_norm/<layer>``: L2 norm of the layer's gradients (all its parameters together), as the optimizer
+      is about to use them: after AMP unscaling and gradient accumulation, before gradient clipping
+      (Lightning's ``on_before_optimizer_step``);
     - ``param_norm/<layer>``: L2 norm of its parameters before the step;
     - ``update_ratio/<layer>``: ``||w_after - w_before|| / ||w_before||`` of that step, measured by a
       ``register_step_post_hook`` on each optimizer, so a step skipped by AMP's GradScaler records nothing;
     - histograms ``gradients/<layer>.<param>`` and ``parameters/<layer>.<param>`` (``histograms: true``).
 
-    Scalars go to every logger (``log_metrics`` at the global step), histograms to every ``TensorBoardLogger``. With ``keep``, the raw gradients and parameters of those layers are also kept in
+    Scalars go to every logger (``log_metrics`` at the global step), histograms to every
+    ``TensorBoardLogger``. With ``keep``, the raw gradients and parameters of those layers are also kept in
     memory (CPU copies, every ``every_n_steps`` steps: mind the memory for big layers) in ``gradients`` and
-    ``parameters`` (``{layer: {param: [tensor per captured step]}}``, steps in ``captured_steps``), saved in
-    checkpoints so a resumed run keeps its history, and plotted at the end of fit to
+    ``parameters`` (``{layer: {param: [tensor per captured step]}}``, steps in ``captured_steps[layer]``),
+    saved in checkpoints so a resumed run keeps its history, and plotted at the end of fit to
     ``<trainer.log_dir>/gradient_capture/evolution.png`` and TensorBoard (``plot: true``).
 
     The optimizer hooks are removed at the end of fit (``teardown``) and on exceptions. Rank zero only; with
@@ -141,14 +153,14 @@ class GradientCapture(Callback):
     Args:
         every_n_steps: capture every this many optimizer steps (steps 0, N, 2N, ...).
         layer_names: layers as in ``LightningModule.named_modules()`` (e.g. ``net.conv1`` for the
-            :class:`~lit_cv.Classifier`); ``None`` takes every module that directly owns trainable parameters.
+            :class:`~lit_cv.Classifier`); ``None`` takes every module that directly owns parameters.
         histograms: also log gradient and parameter histograms.
         keep: layers whose raw gradients and parameters are kept in memory (need not be in ``layer_names``).
         plot: write the evolution plot of the ``keep`` layers at the end of fit.
 
     Raises:
-        ValueError: in ``__init__`` for ``every_n_steps`` < 1 or empty/non-string names; in ``setup`` for a layer
-            name that does not exist or has no trainable parameters (the message lists the available layers), or
+        ValueError: in ``__init__`` for ``every_n_steps`` < 1 or empty/non-string names; in ``setup`` for a
+            layer name that does not exist or owns no parameters (the message lists the available layers), or
             when no logger is configured (or no ``TensorBoardLogger`` while ``histograms`` is on).
 
     Example (YAML for ``lit-cv fit --config``)::
@@ -184,20 +196,22 @@ class GradientCapture(Callback):
         self.keep = list(keep) if keep is not None else []
         self.plot = plot
         self.layers: dict[str, list[tuple[str, nn.Parameter]]] = {}
-        self.captured_steps: list[int] = []
+        self.captured_steps: dict[str, list[int]] = {}
         self.gradients: dict[str, dict[str, list[torch.Tensor]]] = {}
         self.parameters: dict[str, dict[str, list[torch.Tensor]]] = {}
         self.plot_path: Path | None = None
         self._handles: list[RemovableHandle] = []
         self._trainer: Trainer | None = None
-        self._pending: dict[str, list[torch.Tensor]] = {}  # layer -> parameters before the step being taken
+        # layer -> (its parameters, their values before the step being taken)
+        self._pending: dict[str, tuple[list[nn.Parameter], list[torch.Tensor]]] = {}
         self._pending_step: int | None = None
         self._pending_optimizer: Optimizer | None = None
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_steps=self.every_n_steps, layer_names=self.layer_names,
-                                        keep=self.keep)
+        return self._generate_state_key(
+            every_n_steps=self.every_n_steps, layer_names=self.layer_names, keep=self.keep
+        )
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -207,8 +221,8 @@ class GradientCapture(Callback):
         for name in (self.layer_names or []) + self.keep:
             if name not in available:
                 raise ValueError(
-                    f"GradientCapture layer {name!r} does not exist or has no parameters of its own; layers with "
-                    f"parameters: {', '.join(available)}. Fix layer_names / keep."
+                    f"GradientCapture layer {name!r} does not exist or has no parameters of its own; layers "
+                    f"with parameters: {', '.join(available)}. Fix layer_names / keep."
                 )
         names = self.layer_names or list(available)
         self.layers = {name: available[name] for name in dict.fromkeys(names + self.keep)}
@@ -218,9 +232,13 @@ class GradientCapture(Callback):
         self._remove_hooks()
         if trainer.is_global_zero:
             self._trainer = trainer
-            self._handles = [opt.register_step_post_hook(self._after_optimizer_step) for opt in trainer.optimizers]
+            self._handles = [
+                opt.register_step_post_hook(self._after_optimizer_step) for opt in trainer.optimizers
+            ]
 
-    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
+    ) -> None:
         self._pending_step = None
         if not trainer.is_global_zero or trainer.global_step % self.every_n_steps != 0:
             return
@@ -232,7 +250,7 @@ class GradientCapture(Callback):
         self._capture_after_step()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.plot and self.keep and self.captured_steps:
+        if self.plot and self.captured_steps:
             self._plot(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -244,11 +262,14 @@ class GradientCapture(Callback):
     def state_dict(self) -> dict[str, Any]:
         if not self.keep:
             return {}
-        return {"captured_steps": list(self.captured_steps), "gradients": self.gradients,
-                "parameters": self.parameters}
+        return {
+            "captured_steps": self.captured_steps,
+            "gradients": self.gradients,
+            "parameters": self.parameters,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.captured_steps = list(state_dict.get("captured_steps", []))
+        self.captured_steps = state_dict.get("captured_steps", {})
         self.gradients = state_dict.get("gradients", {})
         self.parameters = state_dict.get("parameters", {})
 
@@ -272,38 +293,34 @@ class GradientCapture(Callback):
         metrics: dict[str, float] = {}
         self._pending = {}
         for layer, params in self.layers.items():
-            params = [(p_name, p) for p_name, p in params if id(p) in owned]
-            grads = [p.grad for _, p in params if p.grad is not None]
+            # parameters this optimizer is about to update (frozen or unused ones have no gradient)
+            params = [(p_name, p) for p_name, p in params if id(p) in owned and p.grad is not None]
             if not params:
                 continue
-            if grads:
-                metrics[f"grad_norm/{layer}"] = total_norm(grads)
+            metrics[f"grad_norm/{layer}"] = total_norm([p.grad for _, p in params])
             metrics[f"param_norm/{layer}"] = total_norm([p for _, p in params])
-            self._pending[layer] = [p.detach().clone() for _, p in params]
+            self._pending[layer] = ([p for _, p in params], [p.detach().clone() for _, p in params])
             if self.histograms:
                 self._log_histograms(trainer, layer, params, step)
             if layer in self.keep:
-                self._keep(layer, params)
-        if any(layer in self.keep for layer in self._pending):
-            self.captured_steps.append(step)
+                self._keep(layer, params, step)
         self._log_scalars(trainer, metrics, step)
         self._pending_step = step
         self._pending_optimizer = optimizer
 
     def _capture_after_step(self) -> None:
-        metrics = {}
-        owned = {id(p) for group in self._pending_optimizer.param_groups for p in group["params"]}
-        for layer, before in self._pending.items():
-            after = [p for _, p in self.layers[layer] if id(p) in owned]
-            metrics[f"update_ratio/{layer}"] = update_ratio(before, after)
+        metrics = {
+            f"update_ratio/{layer}": update_ratio(before, after)
+            for layer, (after, before) in self._pending.items()
+        }
         self._log_scalars(self._trainer, metrics, self._pending_step)
         self._pending, self._pending_step = {}, None
 
-    def _keep(self, layer: str, params: list[tuple[str, nn.Parameter]]) -> None:
+    def _keep(self, layer: str, params: list[tuple[str, nn.Parameter]], step: int) -> None:
+        self.captured_steps.setdefault(layer, []).append(step)
         for p_name, p in params:
             self.parameters.setdefault(layer, {}).setdefault(p_name, []).append(p.detach().cpu().clone())
-            if p.grad is not None:
-                self.gradients.setdefault(layer, {}).setdefault(p_name, []).append(p.grad.detach().cpu().clone())
+            self.gradients.setdefault(layer, {}).setdefault(p_name, []).append(p.grad.detach().cpu().clone())
 
     @staticmethod
     def _log_scalars(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
@@ -311,13 +328,18 @@ class GradientCapture(Callback):
             logger.log_metrics(metrics, step=step)
 
     @staticmethod
-    def _log_histograms(trainer: Trainer, layer: str, params: list[tuple[str, nn.Parameter]], step: int) -> None:
+    def _log_histograms(
+        trainer: Trainer, layer: str, params: list[tuple[str, nn.Parameter]], step: int
+    ) -> None:
         for writer in _histogram_writers(trainer):
             for p_name, p in params:
-                writer.add_histogram_raw(f"parameters/{layer}.{p_name}", global_step=step, **histogram_summary(p))
+                writer.add_histogram_raw(
+                    f"parameters/{layer}.{p_name}", global_step=step, **histogram_summary(p)
+                )
                 if p.grad is not None:
-                    writer.add_histogram_raw(f"gradients/{layer}.{p_name}", global_step=step,
-                                             **histogram_summary(p.grad))
+                    writer.add_histogram_raw(
+                        f"gradients/{layer}.{p_name}", global_step=step, **histogram_summary(p.grad)
+                    )
 
     @rank_zero_only
     def _plot(self, trainer: Trainer) -> None:

@@ -17,8 +17,7 @@ from lit_cv.lr_range_test import (
     SUPPORTED_STEP_MODES,
     LRRangeTestResult,
     run_lr_range_test,
-    smooth_losses,
-    validate_range,
+    validate_params,
 )
 
 
@@ -166,25 +165,16 @@ class LRRangeTest(Callback):
         filename: str = "lr_range_test",
         exit_after: bool = False,
     ) -> None:
-        validate_range(start_lr, end_lr, num_iter, step_mode)
-        smooth_losses([], smoothing)
-        if method not in self.SUPPORTED_METHODS:
-            raise ValueError(f"method must be one of {self.SUPPORTED_METHODS}, got {method!r}.")
-        if diverge_th is not None and diverge_th <= 1:
-            raise ValueError(f"diverge_th must be > 1 (or null to never stop early), got {diverge_th}.")
-        if val_batches < 0:
-            raise ValueError(f"val_batches must be >= 0 (0 = use the training loss), got {val_batches}.")
-        if skip_begin < 0 or skip_end < 0:
-            raise ValueError(f"skip_begin and skip_end must be >= 0, got {skip_begin} and {skip_end}.")
-        if bound_ratio <= 1:
-            raise ValueError(f"bound_ratio (max_lr / base_lr of CyclicLR) must be > 1, got {bound_ratio}.")
-        if not filename or "/" in filename:
-            raise ValueError(f"filename must be a plain file stem such as 'lr_range_test', got {filename!r}.")
         self.kwargs = {
             "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "step_mode": step_mode,
             "smoothing": smoothing, "diverge_th": diverge_th, "val_batches": val_batches, "method": method,
             "skip_begin": skip_begin, "skip_end": skip_end,
         }
+        validate_params(**self.kwargs)
+        if bound_ratio <= 1:
+            raise ValueError(f"bound_ratio (max_lr / base_lr of CyclicLR) must be > 1, got {bound_ratio}.")
+        if not filename or "/" in filename:
+            raise ValueError(f"filename must be a plain file stem such as 'lr_range_test', got {filename!r}.")
         self.apply = apply
         self.bound_ratio = bound_ratio
         self.filename = filename

@@ -147,7 +147,9 @@ class MetricsReport(Callback):
         self._report(trainer, pl_module, "test")
 
     def _run_dir(self, trainer: Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir)
+        # Not `trainer.log_dir`: it broadcasts from rank 0, a collective that hangs when only rank 0 calls it (DDP).
+        logger = trainer.loggers[0] if trainer.loggers else None
+        return Path(getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir)
 
     @rank_zero_only
     def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

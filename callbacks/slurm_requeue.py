@@ -47,7 +47,8 @@ class SLURMRequeue(Callback):
         self.terminate_requested = False  # set by SIGTERM
         self.checkpoint_path: str | None = None  # the checkpoint written on preemption
         self.requeued = False
-        self._original_handlers: dict[int, Any] = {}
+        self._original_handlers: dict[int, Any] = {}  # non-empty while active (during fit)
+        self._previous_handlers: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -72,10 +73,25 @@ class SLURMRequeue(Callback):
 
     # ------------------------------------------------------------------ signal handlers: flags only
     def _on_requeue_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.requeue_requested = True
+        if self._original_handlers:
+            self.requeue_requested = True
+        else:
+            self._pass_on(signum, frame)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        self.terminate_requested = True
+        if self._original_handlers:
+            self.terminate_requested = True
+        else:
+            self._pass_on(signum, frame)
+
+    def _pass_on(self, signum: int, frame: FrameType | None) -> None:
+        """After fit (Lightning re-installs these handlers when it tears down after an exception): behave as before."""
+        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
     # ------------------------------------------------------------------ work, outside the handlers
     def _maybe_preempt(self, trainer: Trainer) -> None:
@@ -118,7 +134,7 @@ class SLURMRequeue(Callback):
             log.warning("SLURMRequeue: not in the main thread, cannot install signal handlers; requeue disabled.")
             return
         for signum, handler in handlers.items():
-            self._original_handlers[signum] = signal.getsignal(signum)
+            self._original_handlers[signum] = self._previous_handlers[signum] = signal.getsignal(signum)
             signal.signal(signum, handler)
 
     def _restore(self) -> None:

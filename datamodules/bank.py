@@ -60,7 +60,9 @@ class TabularEncoder:
         return names
 
     def transform(self, frame: Any) -> torch.Tensor:
-        parts = [((frame[c].to_numpy(dtype=np.float64) - m) / self.stds[c])[:, None] for c, m in self.means.items()]
+        parts = [
+            ((frame[c].to_numpy(dtype=np.float64) - m) / self.stds[c])[:, None] for c, m in self.means.items()
+        ]
         parts += [(frame[c].astype(str).to_numpy() == "yes").astype(np.float64)[:, None] for c in self.binary]
         for col, cats in self.categories.items():
             values = frame[col].astype(str).to_numpy()
@@ -160,15 +162,18 @@ class BankMarketingDataModule(LightningDataModule):
     @property
     def num_features(self) -> int:
         """Input width after encoding; reads the CSV and fits the encoder on first access."""
-        self._prepare()
-        assert self.encoder is not None
-        return len(self.encoder.feature_names)
+        return len(self.feature_names)
 
     @property
     def feature_names(self) -> list[str]:
+        """Encoded column names (``age``, ..., ``job=admin.``, ...); reads the CSV on first access."""
+        return self._fitted_encoder().feature_names
+
+    def _fitted_encoder(self) -> TabularEncoder:
         self._prepare()
-        assert self.encoder is not None
-        return self.encoder.feature_names
+        if self.encoder is None:  # unreachable: _prepare fits it
+            raise RuntimeError("BankMarketingDataModule: the encoder was not fitted.")
+        return self.encoder
 
     def _prepare(self) -> None:
         if self._frames:
@@ -180,7 +185,10 @@ class BankMarketingDataModule(LightningDataModule):
         if self.hparams.drop_duration and "duration" in frame.columns:
             frame = frame.drop(columns="duration")
         train, val = train_test_split(
-            frame, test_size=self.hparams.val_split, random_state=self.hparams.seed, stratify=frame[self._target]
+            frame,
+            test_size=self.hparams.val_split,
+            random_state=self.hparams.seed,
+            stratify=frame[self._target],
         )
         self._frames = {"train": train, "val": val}
         if self.encoder is None:
@@ -193,9 +201,9 @@ class BankMarketingDataModule(LightningDataModule):
         self._encode()
 
     def _encode(self) -> None:
-        assert self.encoder is not None
+        encoder = self._fitted_encoder()
         for name, frame in self._frames.items():
-            x = self.encoder.transform(frame.drop(columns=self._target))
+            x = encoder.transform(frame.drop(columns=self._target))
             y = torch.from_numpy((frame[self._target].astype(str).to_numpy() == "yes").astype(np.int64))
             self.datasets[name] = TensorDataset(x, y)
 

@@ -61,10 +61,21 @@ class CatsDogsDataModule(ImageFolderDataModule):
         if not 0.0 < val_split < 1.0:
             raise ValueError(f"val_split must be in (0, 1), got {val_split}.")
         if resize_size is not None and image_size is not None and resize_size < image_size:
-            raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}) for the centre crop.")
+            raise ValueError(
+                f"resize_size ({resize_size}) must be >= image_size ({image_size}) for the centre crop."
+            )
         self._resize_override = resize_size
         super().__init__(
-            data_dir, batch_size, num_workers, image_size, augment, normalize, cache, seed, cache_dir, download
+            data_dir,
+            batch_size,
+            num_workers,
+            image_size,
+            augment,
+            normalize,
+            cache,
+            seed,
+            cache_dir,
+            download,
         )
 
     def _resize_for(self, crop: int) -> int:

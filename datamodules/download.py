@@ -54,7 +54,11 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
 
 
 def verify_file(
-    path: Path, sha256: str | None = None, md5: str | None = None, size: int | None = None, name: str | None = None
+    path: Path,
+    sha256: str | None = None,
+    md5: str | None = None,
+    size: int | None = None,
+    name: str | None = None,
 ) -> None:
     """Raise :class:`ChecksumError` when ``path`` (called ``name`` in the message) does not match size/SHA-256/MD5."""
     name = name or path.name
@@ -81,7 +85,7 @@ def fetch(resource: Resource, folder: Path, opener: Callable[[str], object] | No
             return target
         except ChecksumError:
             target.unlink()
-    opener = opener or (lambda url: urllib.request.urlopen(url, timeout=60))  # noqa: S310 (fixed https URLs)
+    opener = opener or (lambda url: urllib.request.urlopen(url, timeout=60))
     errors = []
     for url in resource.urls:
         part = folder / f"{resource.filename}.part"
@@ -128,7 +132,9 @@ def safe_extract(archive: Path, dest: Path) -> None:
         for member in members:
             _check_member(member.name, archive)
             if member.issym() or member.islnk() or member.isdev():
-                raise UnsafeArchiveError(f"Refusing to extract {archive.name}: link/device member {member.name!r}.")
+                raise UnsafeArchiveError(
+                    f"Refusing to extract {archive.name}: link/device member {member.name!r}."
+                )
         tf.extractall(dest, members=members)
 
 
@@ -196,23 +202,29 @@ RPS = (
 # (PetImages/Cat, PetImages/Dog) and its computed SHA-256 is printed.
 CATS_DOGS = Resource(
     (
-        "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/"
-        "kagglecatsanddogs_5340.zip",
+        (
+            "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/"
+            "kagglecatsanddogs_5340.zip"
+        ),
     ),
     "kagglecatsanddogs_5340.zip",
 )
 # Bank: Kaggle's bank.csv pinned to a commit; SHA-256 matches ../shared/data/bank/bank.csv (its PROVENANCE.txt).
 BANK_KAGGLE = Resource(
     (
-        "https://raw.githubusercontent.com/Lexie88rus/bank-marketing-analysis/"
-        "7ad60d39249c902a9292e106a02f1b977725807e/bank.csv",
+        (
+            "https://raw.githubusercontent.com/Lexie88rus/bank-marketing-analysis/"
+            "7ad60d39249c902a9292e106a02f1b977725807e/bank.csv"
+        ),
     ),
     "bank.csv",
     sha256="c25bf6ac8ef9e37119427fce9a32923baf57cb466ca27b34b2c930e88035d2fe",
 )
 # UCI's bank+marketing.zip (nested bank.zip / bank-additional.zip): no published checksum could be verified offline;
 # checked by structure (bank-full.csv inside) and its computed SHA-256 is printed.
-BANK_UCI = Resource(("https://archive.ics.uci.edu/static/public/222/bank+marketing.zip",), "bank+marketing.zip")
+BANK_UCI = Resource(
+    ("https://archive.ics.uci.edu/static/public/222/bank+marketing.zip",), "bank+marketing.zip"
+)
 
 
 def mnist_resources() -> list[Resource]:
@@ -230,7 +242,9 @@ def _download_rps(data_dir: Path, force: bool) -> None:
         archive = fetch(resource, data_dir / DOWNLOADS)
         extract_atomic(archive, data_dir, force=force)
         archive.unlink()
-    _require([data_dir / f / c for f in ("rps", "rps-test-set") for c in ("paper", "rock", "scissors")], "rps")
+    _require(
+        [data_dir / f / c for f in ("rps", "rps-test-set") for c in ("paper", "rock", "scissors")], "rps"
+    )
 
 
 def _download_mnist(data_dir: Path, force: bool) -> None:
@@ -267,7 +281,9 @@ def _download_bank(data_dir: Path, force: bool) -> None:
             safe_extract(inner, Path(tmp) / inner.stem)
         found = {p.name: p for p in Path(tmp).rglob("*") if p.name in wanted and p.is_file()}
         if "bank-full.csv" not in found:
-            raise ChecksumError(f"{archive.name} does not contain bank-full.csv; is it the UCI bank marketing zip?")
+            raise ChecksumError(
+                f"{archive.name} does not contain bank-full.csv; is it the UCI bank marketing zip?"
+            )
         for name, path in found.items():
             os.replace(path, data_dir / name)
     archive.unlink()

@@ -169,6 +169,21 @@ class ImageSplitDataset(Dataset):
             img = self.transform(img)
         return self.normalization(img), self.data.labels[index]
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A whole batch at once (the DataLoader's fetcher calls this): one indexing and one normalisation."""
+        images = self.data.images
+        if images is None:
+            return [self[i] for i in indices]
+        if isinstance(images, Path):
+            if self._mmap is None:
+                self._mmap = np.load(images, mmap_mode="r")
+            batch = torch.from_numpy(self._mmap[np.asarray(indices)])
+        else:
+            batch = images[indices]
+        if self.transform is not None:
+            batch = torch.stack([self.transform(img) for img in batch])
+        return list(zip(self.normalization(batch).unbind(0), self.data.labels[indices].unbind(0)))
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_mmap"] = None
@@ -361,12 +376,19 @@ class ImageFolderDataModule(LightningDataModule):
             self._cache_dir = resolve_cache_dir(self.data_dir, self.hparams.cache_dir)
         return self._cache_dir  # type: ignore[return-value]
 
-    def _file_ids(self, paths: list[Path]) -> list[tuple[str, int]]:
+    def _file_ids(self, paths: list[Path]) -> list[tuple[str, int, int]]:
+        """(path relative to data_dir, size, mtime) per file: the cache key of decoded tensors and statistics."""
         root = self.data_dir.resolve()
         ids = []
         for p in paths:
-            rp = p.resolve()
-            ids.append((str(rp.relative_to(root)) if rp.is_relative_to(root) else str(rp), p.stat().st_size))
+            rp, st = p.resolve(), p.stat()
+            ids.append(
+                (
+                    str(rp.relative_to(root)) if rp.is_relative_to(root) else str(rp),
+                    st.st_size,
+                    st.st_mtime_ns,
+                )
+            )
         return ids
 
     def _prepare(self) -> None:
@@ -386,7 +408,11 @@ class ImageFolderDataModule(LightningDataModule):
             self.splits[name] = loaded[id(split)]
         if bad_paths:
             shown = "\n  ".join(str(p) for p in bad_paths[:BAD_FILES_SHOWN])
-            more = f"\n  ... and {len(bad_paths) - BAD_FILES_SHOWN} more" if len(bad_paths) > BAD_FILES_SHOWN else ""
+            more = (
+                f"\n  ... and {len(bad_paths) - BAD_FILES_SHOWN} more"
+                if len(bad_paths) > BAD_FILES_SHOWN
+                else ""
+            )
             rank_zero_warn(
                 f"{type(self).__name__}: skipped {len(bad_paths)} unreadable file(s) (zero-byte, truncated or not "
                 f"an image):\n  {shown}{more}"
@@ -483,7 +509,7 @@ class ImageFolderDataModule(LightningDataModule):
         norm = self.normalization
         if norm is None or norm.mean is None:
             return f"{getattr(norm, 'method', '?')} (scale to [0, 1] only)"
-        fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"  # noqa: E731
+        fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
         return f"{norm.method}: mean {fmt(norm.mean)}, std {fmt(norm.std)}"
 
     def _num_workers(self) -> int:

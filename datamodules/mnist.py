@@ -98,15 +98,28 @@ class MNISTDataModule(ImageFolderDataModule):
         download: bool = False,
     ) -> None:
         if normalize not in ("train", "none"):
-            raise ValueError(f"normalize={normalize!r} is not supported for grey MNIST; use 'train' or 'none'.")
+            raise ValueError(
+                f"normalize={normalize!r} is not supported for grey MNIST; use 'train' or 'none'."
+            )
         if source not in SUPPORTED_SOURCES:
-            raise ValueError(f"source={source!r} is not supported; use one of {', '.join(SUPPORTED_SOURCES)}.")
+            raise ValueError(
+                f"source={source!r} is not supported; use one of {', '.join(SUPPORTED_SOURCES)}."
+            )
         if train_from not in SUPPORTED_TRAIN_FROM:
             raise ValueError(f"train_from={train_from!r} is not supported; use 'train' or 'test'.")
         if not 0.0 < val_split < 1.0:
             raise ValueError(f"val_split must be in (0, 1), got {val_split}.")
         super().__init__(
-            data_dir, batch_size, num_workers, image_size, augment, normalize, "memory", seed, cache_dir, download
+            data_dir,
+            batch_size,
+            num_workers,
+            image_size,
+            augment,
+            normalize,
+            "memory",
+            seed,
+            cache_dir,
+            download,
         )
 
     def _augmentation(self) -> Any:
@@ -130,16 +143,24 @@ class MNISTDataModule(ImageFolderDataModule):
         for ext in ("", ".gz"):
             if (raw / (IDX_FILES[what] + ext)).is_file():
                 return raw / (IDX_FILES[what] + ext)
-        hint = " (or set train_from='test' to train on a split of the 10,000 test images)" if what == "train_images" else ""
+        hint = (
+            " (or set train_from='test' to train on a split of the 10,000 test images)"
+            if what == "train_images"
+            else ""
+        )
         raise self._missing(f"{IDX_FILES[what]}[.gz] is missing in {str(raw)!r}{hint}")
 
     def _to_split(self, images: np.ndarray, labels: np.ndarray, key: Any) -> SplitData:
         tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1)  # a writable copy
         if self.crop_size != tensor.shape[-1]:
             tensor = TF.resize(tensor, [self.crop_size, self.crop_size], antialias=True)
-        return SplitData(labels=torch.from_numpy(labels.astype(np.int64)), images=tensor, key=fingerprint(key))
+        return SplitData(
+            labels=torch.from_numpy(labels.astype(np.int64)), images=tensor, key=fingerprint(key)
+        )
 
-    def _load_arrays(self) -> tuple[tuple[np.ndarray, np.ndarray, Any], tuple[np.ndarray, np.ndarray, Any] | None]:
+    def _load_arrays(
+        self,
+    ) -> tuple[tuple[np.ndarray, np.ndarray, Any], tuple[np.ndarray, np.ndarray, Any] | None]:
         """(train-pool images, labels, key), (test images, labels, key) or None when the test set is the pool."""
         if self.hparams.source == "csv":
             path = self.data_dir if self.data_dir.suffix == ".csv" else self.data_dir / "train.csv"
@@ -158,11 +179,19 @@ class MNISTDataModule(ImageFolderDataModule):
             return (images, labels, (str(path), path.stat().st_size)), None
         raw = self._raw_dir()
         test_files = [self._idx_file(raw, "test_images"), self._idx_file(raw, "test_labels")]
-        test = (read_idx(test_files[0]), read_idx(test_files[1]), [(f.name, f.stat().st_size) for f in test_files])
+        test = (
+            read_idx(test_files[0]),
+            read_idx(test_files[1]),
+            [(f.name, f.stat().st_size) for f in test_files],
+        )
         if self.hparams.train_from == "test":
             return test, None
         train_files = [self._idx_file(raw, "train_images"), self._idx_file(raw, "train_labels")]
-        train = (read_idx(train_files[0]), read_idx(train_files[1]), [(f.name, f.stat().st_size) for f in train_files])
+        train = (
+            read_idx(train_files[0]),
+            read_idx(train_files[1]),
+            [(f.name, f.stat().st_size) for f in train_files],
+        )
         return train, test
 
     def _discover(self) -> dict[str, SplitData]:
@@ -172,10 +201,14 @@ class MNISTDataModule(ImageFolderDataModule):
         hp = self.hparams
         train_idx, val_idx = stratified_split(labels.tolist(), hp.val_split, hp.seed)
         splits = {
-            "train": self._to_split(images[train_idx], labels[train_idx], (key, "train", hp.val_split, hp.seed)),
+            "train": self._to_split(
+                images[train_idx], labels[train_idx], (key, "train", hp.val_split, hp.seed)
+            ),
             "val": self._to_split(images[val_idx], labels[val_idx], (key, "val", hp.val_split, hp.seed)),
         }
-        splits["test"] = splits["val"] if test is None else self._to_split(test[0], test[1], (test[2], "test"))
+        splits["test"] = (
+            splits["val"] if test is None else self._to_split(test[0], test[1], (test[2], "test"))
+        )
         return splits
 
     def _data_present(self) -> bool:

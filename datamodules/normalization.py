@@ -42,14 +42,21 @@ class Normalization:
     std: tuple[float, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    _tensors: tuple[Any, torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 (or float in [0, 1]) C x H x W -> normalised float32."""
-        x = image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+        """uint8 (or float in [0, 1]) ``C x H x W`` or ``N x C x H x W`` -> normalised float32."""
         if self.mean is None or self.std is None:
-            return x
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
-        return x.sub_(mean).div_(std)
+            return image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+        key = (self.mean, self.std)
+        if self._tensors is None or self._tensors[0] != key:  # cached: torch.tensor() per image is costly
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+            self._tensors = (key, mean, std)
+        _, mean, std = self._tensors
+        if image.dtype == torch.uint8:  # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std
+            return torch.addcmul(-mean / std, image.float(), 1.0 / (255.0 * std))
+        return (image.float() - mean) / std
 
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method, "mean": self.mean, "std": self.std}
@@ -66,7 +73,9 @@ def validate_normalize(normalize: str) -> None:
         return
     if normalize.startswith("timm:") and normalize[5:]:
         return
-    raise ValueError(f"normalize={normalize!r} is not supported; use one of {', '.join(SUPPORTED_NORMALIZE)}.")
+    raise ValueError(
+        f"normalize={normalize!r} is not supported; use one of {', '.join(SUPPORTED_NORMALIZE)}."
+    )
 
 
 def timm_data_config(model_name: str) -> dict[str, Any]:

@@ -50,7 +50,16 @@ class RPSDataModule(ImageFolderDataModule):
         download: bool = False,
     ) -> None:
         super().__init__(
-            data_dir, batch_size, num_workers, image_size, augment, normalize, cache, seed, cache_dir, download
+            data_dir,
+            batch_size,
+            num_workers,
+            image_size,
+            augment,
+            normalize,
+            cache,
+            seed,
+            cache_dir,
+            download,
         )
 
     def _discover(self) -> dict[str, FileSplit]:

@@ -56,6 +56,9 @@ class LitCVCLI(LightningCLI):
     ModelCheckpoint on ``val/loss`` plus ``last.ckpt`` (configurable under ``checkpoint:``); LearningRateMonitor
     (``lr_monitor:``); a rich progress bar; ``metrics.json`` + table after fit/validate/test; ``predictions.csv``
     after predict. ``data.num_classes`` and ``data.class_names`` are linked into the model.
+    Resume and scale-out: ``fit --ckpt_path last`` continues the newest run in its own version directory
+    (:mod:`lit_cv.resume`); RNG states ride along in checkpoints (``RNGState``); under ``srun`` SIGUSR1 checkpoints
+    and requeues the job (``SLURMRequeue``) and ``trainer.num_nodes`` defaults to the job's node count.
     """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:

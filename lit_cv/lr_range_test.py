@@ -318,6 +318,24 @@ class LRRangeTestResult:
 
 
 # ---------------------------------------------------------------------------------------------------- the run
+def validate_params(
+    start_lr: float, end_lr: float, num_iter: int, step_mode: str, smoothing: float, diverge_th: float | None,
+    val_batches: int, method: str, skip_begin: int, skip_end: int,
+) -> None:
+    """Check every range-test parameter; the ``ValueError`` names the value and the valid range."""
+    validate_range(start_lr, end_lr, num_iter, step_mode)
+    if not 0.0 < smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in (0, 1] (1 = no smoothing), got {smoothing}.")
+    if method not in SUPPORTED_METHODS:
+        raise ValueError(f"method must be one of {SUPPORTED_METHODS}, got {method!r}.")
+    if diverge_th is not None and diverge_th <= 1:
+        raise ValueError(f"diverge_th must be > 1 (or None to never stop early), got {diverge_th}.")
+    if val_batches < 0:
+        raise ValueError(f"val_batches must be >= 0 (0 = use the training loss), got {val_batches}.")
+    if skip_begin < 0 or skip_end < 0:
+        raise ValueError(f"skip_begin and skip_end must be >= 0, got {skip_begin} and {skip_end}.")
+
+
 def check_supported(trainer: Any, pl_module: Any) -> None:
     """Refuse set-ups the test cannot leave without a trace; the messages say what to do instead."""
     if getattr(trainer, "world_size", 1) > 1:
@@ -480,22 +498,15 @@ def run_lr_range_test(
     """
     from lightning.pytorch.trainer.connectors.data_connector import _request_dataloader
 
-    validate_range(start_lr, end_lr, num_iter, step_mode)
-    smooth_losses([], smoothing)  # validates smoothing
-    if method not in SUPPORTED_METHODS:
-        raise ValueError(f"method must be one of {SUPPORTED_METHODS}, got {method!r}.")
-    if diverge_th is not None and diverge_th <= 1:
-        raise ValueError(f"diverge_th must be > 1 (or None to never stop early), got {diverge_th}.")
-    if val_batches < 0:
-        raise ValueError(f"val_batches must be >= 0 (0 = use the training loss), got {val_batches}.")
-    check_supported(trainer, pl_module)
-    optimizer = trainer.optimizers[0]
-    lrs = lr_sequence(start_lr, end_lr, num_iter, step_mode)
     params = {
         "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "step_mode": step_mode,
         "smoothing": smoothing, "diverge_th": diverge_th, "val_batches": val_batches,
         "skip_begin": skip_begin, "skip_end": skip_end,
     }
+    validate_params(method=method, **params)
+    check_supported(trainer, pl_module)
+    optimizer = trainer.optimizers[0]
+    lrs = lr_sequence(start_lr, end_lr, num_iter, step_mode)
     tested: list[float] = []
     raw: list[float] = []
     stopped_early = False

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # SLURM_JOB_NAME values for which Lightning treats the allocation as interactive (no SLURMEnvironment).
 INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+# How to continue by hand when the requeue failed (the scripts name the log directory after the job id).
+RESUBMIT_HINT = "resubmit with `--trainer.logger.init_args.version slurm-{job_id}` appended to continue from it"
 
 
 def slurm_job_id() -> str | None:
@@ -48,8 +50,8 @@ def requeue_job(job_id: str, timeout: float = 60.0) -> bool:
     if scontrol is None:
         log.error(
             f"Cannot requeue SLURM job {job_id}: `scontrol` is not on PATH inside the job (common in containers, "
-            "Lightning issue #21404). The checkpoint was saved; resubmit the same sbatch script by hand, or make "
-            "scontrol available in the container (bind-mount it and the SLURM config)."
+            "Lightning issue #21404). The checkpoint was saved; " + RESUBMIT_HINT.format(job_id=job_id)
+            + ", or make scontrol available in the container (bind-mount it and the SLURM config)."
         )
         return False
     try:
@@ -57,12 +59,12 @@ def requeue_job(job_id: str, timeout: float = 60.0) -> bool:
             [scontrol, "requeue", job_id], capture_output=True, text=True, timeout=timeout, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as error:
-        log.error(f"Requeueing SLURM job {job_id} failed: {error}. Resubmit the sbatch script by hand.")
+        log.error(f"Requeueing SLURM job {job_id} failed: {error}; " + RESUBMIT_HINT.format(job_id=job_id) + ".")
         return False
     if result.returncode != 0:
         log.error(
             f"`scontrol requeue {job_id}` exited with {result.returncode}: {result.stderr.strip()}. "
-            "Does the job allow requeueing (`#SBATCH --requeue`)? Resubmit the sbatch script by hand."
+            "Does the job allow requeueing (`#SBATCH --requeue`)? Else " + RESUBMIT_HINT.format(job_id=job_id) + "."
         )
         return False
     log.info(f"Requeued SLURM job {job_id}; it will resume from the checkpoint when it restarts.")

@@ -26,14 +26,47 @@ from PIL import Image
 
 RPS_CLASSES = ("paper", "rock", "scissors")
 # class -> RGB tint, so a net can tell the fake classes apart
-_TINTS = {"paper": (230, 200, 170), "rock": (120, 90, 80), "scissors": (90, 140, 220), "cat": (200, 120, 60),
-          "dog": (60, 120, 200)}
+_TINTS = {
+    "paper": (230, 200, 170),
+    "rock": (120, 90, 80),
+    "scissors": (90, 140, 220),
+    "cat": (200, 120, 60),
+    "dog": (60, 120, 200),
+}
 
-BANK_COLUMNS = ("age", "job", "marital", "education", "default", "balance", "housing", "loan", "contact", "day",
-                "month", "duration", "campaign", "pdays", "previous", "poutcome")
+BANK_COLUMNS = (
+    "age",
+    "job",
+    "marital",
+    "education",
+    "default",
+    "balance",
+    "housing",
+    "loan",
+    "contact",
+    "day",
+    "month",
+    "duration",
+    "campaign",
+    "pdays",
+    "previous",
+    "poutcome",
+)
 BANK_CATEGORIES = {
-    "job": ("admin.", "blue-collar", "entrepreneur", "housemaid", "management", "retired", "self-employed",
-            "services", "student", "technician", "unemployed", "unknown"),
+    "job": (
+        "admin.",
+        "blue-collar",
+        "entrepreneur",
+        "housemaid",
+        "management",
+        "retired",
+        "self-employed",
+        "services",
+        "student",
+        "technician",
+        "unemployed",
+        "unknown",
+    ),
     "marital": ("married", "single", "divorced"),
     "education": ("primary", "secondary", "tertiary", "unknown"),
     "default": ("no", "yes"),
@@ -64,8 +97,14 @@ def write_truncated(path: Path, valid_image: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def make_rps(root: Path, per_class: int = 6, size: int = 40, test_per_class: int = 3, bad_files: bool = True,
-             seed: int = 0) -> Path:
+def make_rps(
+    root: Path,
+    per_class: int = 6,
+    size: int = 40,
+    test_per_class: int = 3,
+    bad_files: bool = True,
+    seed: int = 0,
+) -> Path:
     """RPS tree ``root/rps/{paper,rock,scissors}/*.png`` + ``root/rps-test-set/...``; returns ``root``.
 
     With ``bad_files``: ``rps/rock/rock-empty.png`` (zero bytes), ``rps/paper/paper-truncated.png`` (half a PNG)
@@ -81,17 +120,32 @@ def make_rps(root: Path, per_class: int = 6, size: int = 40, test_per_class: int
                 write_rgba_png(folder / f"{prefix}{i // 100:02d}-{i % 100:03d}.png", rng, _TINTS[cls], size)
     if bad_files:
         (root / "rps" / "rock" / "rock-empty.png").write_bytes(b"")
-        write_truncated(root / "rps" / "paper" / "paper-truncated.png", root / "rps" / "paper" / "paper00-000.png")
-        (root / "rps" / "scissors" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500))
+        write_truncated(
+            root / "rps" / "paper" / "paper-truncated.png", root / "rps" / "paper" / "paper00-000.png"
+        )
+        (root / "rps" / "scissors" / "Thumbs.db").write_bytes(
+            b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(500)
+        )
     return root
 
 
-def write_jpeg(path: Path, rng: np.random.Generator, tint: tuple[int, int, int], height: int, width: int) -> None:
+def write_jpeg(
+    path: Path, rng: np.random.Generator, tint: tuple[int, int, int], height: int, width: int
+) -> None:
     Image.fromarray(_image(rng, tint, height, width), "RGB").save(path, quality=90)
 
 
-def make_cats_dogs(root: Path, layout: str = "train", per_class: int = 6, size: int = 48, plural: bool = False,
-                   validation: int = 0, test: int = 0, bad_files: bool = True, seed: int = 0) -> Path:
+def make_cats_dogs(
+    root: Path,
+    layout: str = "train",
+    per_class: int = 6,
+    size: int = 48,
+    plural: bool = False,
+    validation: int = 0,
+    test: int = 0,
+    bad_files: bool = True,
+    seed: int = 0,
+) -> Path:
     """Cats-vs-Dogs JPEGs (non-square, random sizes around ``size``); returns ``root``.
 
     ``layout="train"``: ``root/train/{cat,dog}/cat.N.jpg`` (``cats/dogs`` when ``plural``, as Kaggle's subsets),
@@ -148,8 +202,14 @@ def _digits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.uint8)
 
 
-def make_mnist_idx(root: Path, n_train: int = 60, n_test: int = 20, layout: str = "torchvision",
-                   with_train_images: bool = True, seed: int = 0) -> Path:
+def make_mnist_idx(
+    root: Path,
+    n_train: int = 60,
+    n_test: int = 20,
+    layout: str = "torchvision",
+    with_train_images: bool = True,
+    seed: int = 0,
+) -> Path:
     """MNIST IDX ``.gz`` files; returns the ``data_dir`` to pass.
 
     ``layout="torchvision"``: files in ``root/MNIST/raw/`` (torchvision's root = ``root``, returned);
@@ -189,9 +249,15 @@ def bank_rows(n: int, seed: int = 0) -> list[dict[str, object]]:
     for i in range(n):
         row: dict[str, object] = {c: str(rng.choice(v)) for c, v in BANK_CATEGORIES.items()}
         duration = int(rng.integers(5, 1500))
-        row.update(age=int(rng.integers(18, 90)), balance=int(rng.integers(-2000, 20000)),
-                   day=int(rng.integers(1, 32)), duration=duration, campaign=int(rng.integers(1, 10)),
-                   pdays=int(rng.choice([-1, int(rng.integers(1, 400))])), previous=int(rng.integers(0, 5)))
+        row.update(
+            age=int(rng.integers(18, 90)),
+            balance=int(rng.integers(-2000, 20000)),
+            day=int(rng.integers(1, 32)),
+            duration=duration,
+            campaign=int(rng.integers(1, 10)),
+            pdays=int(rng.choice([-1, int(rng.integers(1, 400))])),
+            previous=int(rng.integers(0, 5)),
+        )
         row["target"] = "yes" if (duration > 600) != (i % 7 == 0) else "no"
         rows.append(row)
     return rows

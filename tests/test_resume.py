@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from jsonargparse import Namespace
 from subprocess_runs import QUICKSTART, fast_config, lit_cv_env, run, start
@@ -115,6 +116,7 @@ def _callback_state(checkpoint: dict[str, Any], name: str) -> Any:
     return state
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     env = lit_cv_env()
     runs: dict[str, Path] = {}

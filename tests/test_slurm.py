@@ -10,14 +10,17 @@ import logging
 import os
 import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from subprocess_runs import QUICKSTART, fast_config, lit_cv_env, start
 
 from callbacks.slurm_requeue import SLURMRequeue
+from lit_cv.cli import main
 from lit_cv.slurm import num_nodes_from_env, requeue_job, slurm_job_id
 
 JOB_ID = "4242"
@@ -126,6 +129,23 @@ def test_slurm_requeue_rejects_bad_timeout() -> None:
         SLURMRequeue(timeout=0)
 
 
+def test_handlers_only_set_flags_while_active_then_pass_signals_on() -> None:
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    callback = SLURMRequeue()
+    try:
+        callback._install({signal.SIGUSR1: callback._on_requeue_signal})
+        assert signal.getsignal(signal.SIGUSR1) == callback._on_requeue_signal
+        callback._on_requeue_signal(signal.SIGUSR1, None)  # what Python runs on SIGUSR1: no I/O, just the flag
+        assert callback.requeue_requested and received == []
+        callback._restore()
+        assert signal.getsignal(signal.SIGUSR1) not in (callback._on_requeue_signal, signal.SIG_DFL)
+        callback._on_requeue_signal(signal.SIGUSR1, None)  # left installed by someone after fit: passed on
+        assert received == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 # ---------------------------------------------------------------------------------------------- a real fit, signalled
 def _signal_running_fit(tmp_path: Path, env: dict[str, str], max_epochs: int) -> tuple[int, str, Path]:
     """Start ``lit-cv fit`` as a SLURM job step, send SIGUSR1 once training is under way (the first ``last.ckpt``
@@ -177,3 +197,33 @@ def test_missing_scontrol_is_reported_and_training_continues(tmp_path: Path) -> 
     assert "`scontrol` is not on PATH" in output
     checkpoint = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == max_epochs - 1, "without a requeue, the fit runs to its end"
+
+
+# ---------------------------------------------------------------------------------------------- the sbatch scripts
+@pytest.mark.parametrize(("script", "preset"), [("one_node.sbatch", "ddp"), ("multi_node.sbatch", "multinode")])
+def test_sbatch_script_runs_a_resumable_fit_that_parses(
+    script: str, preset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Run the batch script with a fake ``srun`` that records its command, then parse that command."""
+    repo = Path(__file__).resolve().parents[1]
+    record = tmp_path / "srun_args.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2"}
+    env.pop("SLURM_ARRAY_JOB_ID", None)
+    subprocess.run(["bash", str(repo / "scripts" / "slurm" / script), "configs/quickstart.yaml", "--trainer.max_epochs",
+                    "3"], cwd=repo, env=env, check=True, capture_output=True, timeout=60)
+
+    args = record.read_text().splitlines()
+    assert args[:2] == ["lit-cv", "fit"]
+    assert args[args.index("--ckpt_path") + 1] == "last"
+    assert f"configs/trainer/{preset}.yaml" in args and args[-2:] == ["--trainer.max_epochs", "3"]
+    monkeypatch.chdir(repo)
+    with pytest.raises(SystemExit):
+        main([*args[1:], "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["trainer"]["logger"]["init_args"]["version"] == "slurm-77"  # log directory per job id
+    assert (config["ckpt_path"], config["trainer"]["max_epochs"], config["trainer"]["strategy"]) == ("last", 3, "ddp")

@@ -17,7 +17,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("name", choices=sorted(DATASETS), help="dataset to fetch")
     parser.add_argument("--data-dir", required=True, help="folder to put it in (the datamodule's data_dir)")
-    parser.add_argument("--force", action="store_true", help="download and extract again over an existing copy")
+    parser.add_argument(
+        "--force", action="store_true", help="download and extract again over an existing copy"
+    )
     args = parser.parse_args(argv)
     try:
         data_dir = download_dataset(args.name, args.data_dir, force=args.force)

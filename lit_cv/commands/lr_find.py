@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from callbacks.lr_range_test import LRRangeTest
 from lit_cv.lr_range_test import SUPPORTED_METHODS, SUPPORTED_STEP_MODES
 
 
@@ -47,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from callbacks.lr_range_test import LRRangeTest
     from lit_cv.cli import LitCVCLI
 
     parser = build_parser()

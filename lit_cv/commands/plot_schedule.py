@@ -140,10 +140,13 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         parser.error(str(err))
     optimizer, configs = module_optimizer_and_schedulers(cli.model)
-    lrs = simulate_configs(
-        optimizer, configs, max_epochs=max_epochs, steps_per_epoch=steps,
-        accumulate_grad_batches=trainer.accumulate_grad_batches, metrics=None, param_group=0,
-    )
+    try:  # what would fail during fit fails here, before any training (OneCycleLR total_steps too small, ...)
+        lrs = simulate_configs(
+            optimizer, configs, max_epochs=max_epochs, steps_per_epoch=steps,
+            accumulate_grad_batches=trainer.accumulate_grad_batches, metrics=None, param_group=0,
+        )
+    except ValueError as err:
+        parser.error(f"the schedule fails within {max_epochs} epochs x {steps} batches: {err}")
     title = f"{type(optimizer).__name__} + {describe(configs)}: {max_epochs} epochs x {steps} batches"
     png = plot(lrs, steps, title, options.output or default_output(trainer), log_y=options.log_y)
     table = write_csv(lrs, steps, png.with_suffix(".csv"))

@@ -178,6 +178,8 @@ def test_resumed_run_restores_a_best_epoch_from_before_the_resume(tiny_trainer_k
     first = Scripted(values)
     _trainer(tiny_trainer_kwargs, 3, [EarlyStopping("val/score", patience=5), last, snapshots],
              checkpointing=True).fit(first, _Random())
+    resume_from = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert resume_from["global_step"] == 3 * BATCHES  # resumes after epoch 2, the best (1) is in the past
     early = EarlyStopping("val/score", patience=5)
     resumed = Scripted(values)
     trainer = _trainer(tiny_trainer_kwargs, 5, [early, ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_top_k=0)],

@@ -68,12 +68,16 @@ def read_images(log_dir: str) -> dict[str, list]:
     events = EventAccumulator(log_dir, size_guidance={IMAGES: 0})
     events.Reload()
     return {  # the Classifier logs its confusion matrix as an image too
-        tag: events.Images(tag) for tag in events.Tags()["images"] if tag.startswith(("filters/", "feature_maps/"))
+        tag: events.Images(tag)
+        for tag in events.Tags()["images"]
+        if tag.startswith(("filters/", "feature_maps/"))
     }
 
 
 def decode(event) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"), dtype=np.float32) / 255
+    return (
+        np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"), dtype=np.float32) / 255
+    )
 
 
 # ---------------------------------------------------------------------- plain functions
@@ -152,7 +156,12 @@ def test_fit_rgb_cnn2_logs_filters_and_feature_maps(tmp_path: Path) -> None:
     datamodule = TinyRGBDataModule()
     fit.fit(model, datamodule)
 
-    assert tuple(model.net.conv1.weight.shape) == (5, 3, 3, 3) and tuple(model.net.conv2.weight.shape) == (5, 5, 3, 3)
+    assert tuple(model.net.conv1.weight.shape) == (5, 3, 3, 3) and tuple(model.net.conv2.weight.shape) == (
+        5,
+        5,
+        3,
+        3,
+    )
     images = read_images(fit.log_dir)
     # 3x3 kernels enlarged x10 (32 // 3); conv1 outputs are 26x26 (x1), conv2 outputs 11x11 (x2)
     expected = {
@@ -167,7 +176,8 @@ def test_fit_rgb_cnn2_logs_filters_and_feature_maps(tmp_path: Path) -> None:
         assert [event.step for event in images[tag]] == [3, 6], tag
         assert all((event.height, event.width) == (height, width) for event in images[tag]), tag
 
-    # the logged RGB filter image is the final conv1 weight, each filter min-max scaled, 10x10 pixels per value
+    # the logged RGB filter image is the final conv1 weight, each filter min-max scaled, 10x10 pixels per
+    # value
     logged = decode(images["filters/net.conv1"][-1])
     weight = model.net.conv1.weight.detach()
     for f in range(5):
@@ -180,8 +190,12 @@ def test_fit_rgb_cnn2_logs_filters_and_feature_maps(tmp_path: Path) -> None:
     # the fixed batch is the first 4 validation images, taken once
     torch.testing.assert_close(callback.fixed_batch, datamodule.x[:4])
     out_dir = Path(fit.log_dir) / "filter_visualization"
-    names = {f"{kind}_net.{layer}_{when}.png" for kind in ("filters", "feature_maps") for layer in ("conv1", "conv2")
-             for when in ("epoch000", "epoch001", "final")}
+    names = {
+        f"{kind}_net.{layer}_{when}.png"
+        for kind in ("filters", "feature_maps")
+        for layer in ("conv1", "conv2")
+        for when in ("epoch000", "epoch001", "final")
+    }
     assert {p.name for p in out_dir.iterdir()} == names
     assert all((out_dir / name).stat().st_size > 1000 for name in names)
 
@@ -224,7 +238,7 @@ def test_setup_errors(tmp_path: Path) -> None:
         trainer(tmp_path, [FilterVisualization(layer_names=["net.conv9"])]).fit(model, TinyRGBDataModule())
     with pytest.raises(TypeError, match=r"'net.fc1' is a Linear, not an nn.Conv2d"):
         trainer(tmp_path, [FilterVisualization(layer_names=["net.fc1"])]).fit(model, TinyRGBDataModule())
-    with pytest.raises(ValueError, match=r"logger that can log images .* loggers found: CSVLogger"):
+    with pytest.raises(ValueError, match=r"no TensorBoardLogger is configured; loggers found: CSVLogger"):
         trainer(tmp_path, [FilterVisualization()], logger=CSVLogger(tmp_path)).fit(model, TinyRGBDataModule())
     with pytest.raises(ValueError, match=r"loggers found: none"):
         trainer(tmp_path, [FilterVisualization()], logger=False).fit(model, TinyRGBDataModule())

@@ -1,6 +1,7 @@
-"""GradientCapture in a real ``Trainer.fit`` with CNN2 on the digits: scalars and histograms per named layer, the
-step-0 gradient norm / update ratio against an independent forward-backward pass, kept raw values, the evolution
-PNG, resume from a checkpoint, and no optimizer/module/parameter hooks left after fit (also after an exception)."""
+"""GradientCapture in a real ``Trainer.fit`` with CNN2 on the digits: scalars and histograms per named layer,
+the step-0 gradient norm / update ratio against an independent forward-backward pass, kept raw values, the
+evolution PNG, resume from a checkpoint, and no optimizer/module/parameter hooks left after fit (also after an
+exception)."""
 
 from __future__ import annotations
 
@@ -61,11 +62,21 @@ def hook_counts(model: torch.nn.Module) -> dict[str, int]:
     """Every kind of hook torch keeps on modules and parameters."""
     counts = {"module": 0, "param": 0}
     for module in model.modules():
-        counts["module"] += sum(len(getattr(module, attr)) for attr in (
-            "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-            "_state_dict_hooks", "_load_state_dict_pre_hooks"))
+        counts["module"] += sum(
+            len(getattr(module, attr))
+            for attr in (
+                "_forward_hooks",
+                "_forward_pre_hooks",
+                "_backward_hooks",
+                "_backward_pre_hooks",
+                "_state_dict_hooks",
+                "_load_state_dict_pre_hooks",
+            )
+        )
     for p in model.parameters():
-        counts["param"] += len(p._backward_hooks or {}) + len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+        counts["param"] += len(p._backward_hooks or {}) + len(
+            getattr(p, "_post_accumulate_grad_hooks", None) or {}
+        )
     return counts
 
 
@@ -74,7 +85,8 @@ def optimizer_hook_count(optimizer: torch.optim.Optimizer) -> int:
 
 
 class Probe(Callback):
-    """At step 0, recomputes the conv1 gradient on a copy of the net; counts optimizer hooks during training."""
+    """At step 0, recomputes the conv1 gradient on a copy of the net; counts optimizer hooks during
+    training."""
 
     def __init__(self) -> None:
         self.grads: dict[str, torch.Tensor] = {}
@@ -114,7 +126,11 @@ def test_histogram_summary_matches_numpy() -> None:
     counts, _ = np.histogram(values.numpy(), bins=edges)
     assert summary["bucket_counts"] == counts.tolist()
     np.testing.assert_allclose(summary["bucket_limits"], edges[1:], atol=1e-5)
-    assert (summary["num"], summary["min"], summary["max"]) == (1000, float(values.min()), float(values.max()))
+    assert (summary["num"], summary["min"], summary["max"]) == (
+        1000,
+        float(values.min()),
+        float(values.max()),
+    )
     assert summary["sum"] == pytest.approx(float(values.sum()), rel=1e-5)
     assert summary["sum_squares"] == pytest.approx(float((values.double() ** 2).sum()), rel=1e-5)
     constant = histogram_summary(torch.full((7,), 2.0), bins=4)
@@ -148,7 +164,7 @@ def test_records_every_n_steps_for_each_named_layer(tmp_path: Path) -> None:
     assert logged["update_ratio/net.conv1"][0].value == pytest.approx(LR * grad_norm / weight_norm, rel=1e-4)
 
     # raw values kept for net.conv1 only, one per captured step; step 0's gradient is the independent one
-    assert capture.captured_steps == [0, 3, 6]
+    assert capture.captured_steps == {"net.conv1": [0, 3, 6]}
     assert set(capture.gradients) == set(capture.parameters) == {"net.conv1"}
     assert [len(v) for v in capture.gradients["net.conv1"].values()] == [3, 3]
     torch.testing.assert_close(capture.gradients["net.conv1"]["weight"][0], probe.grads["weight"])
@@ -194,14 +210,18 @@ def test_resume_keeps_history(tmp_path: Path) -> None:
     fit.fit(make_model(), datamodule())
     ckpt = tmp_path / "one_epoch.ckpt"
     fit.save_checkpoint(ckpt)
-    assert first.captured_steps == [0, 2]
+    assert first.captured_steps == {"net.fc2": [0, 2]}
 
     resumed = GradientCapture(every_n_steps=2, layer_names=["net.fc2"], keep=["net.fc2"], plot=False)
     # weights_only=False: the model's hparams hold the optimizer factory (a functools.partial), not our state
-    trainer(tmp_path, [resumed], max_epochs=2).fit(make_model(), datamodule(), ckpt_path=ckpt, weights_only=False)
-    assert resumed.captured_steps == [0, 2, 4, 6]
+    trainer(tmp_path, [resumed], max_epochs=2).fit(
+        make_model(), datamodule(), ckpt_path=ckpt, weights_only=False
+    )
+    assert resumed.captured_steps == {"net.fc2": [0, 2, 4, 6]}
     assert len(resumed.parameters["net.fc2"]["weight"]) == 4
-    torch.testing.assert_close(resumed.parameters["net.fc2"]["weight"][1], first.parameters["net.fc2"]["weight"][1])
+    torch.testing.assert_close(
+        resumed.parameters["net.fc2"]["weight"][1], first.parameters["net.fc2"]["weight"][1]
+    )
 
 
 @pytest.mark.parametrize(
@@ -218,11 +238,15 @@ def test_init_validation(kwargs, match) -> None:
 
 
 def test_setup_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"'net.conv3' does not exist .* net.conv1, net.conv2, net.fc1, net.fc2"):
+    with pytest.raises(
+        ValueError, match=r"'net.conv3' does not exist .* net.conv1, net.conv2, net.fc1, net.fc2"
+    ):
         trainer(tmp_path, [GradientCapture(layer_names=["net.conv3"])]).fit(make_model(), datamodule())
-    with pytest.raises(ValueError, match=r"'net.drop' does not exist or has no trainable parameters"):
+    with pytest.raises(ValueError, match=r"'net.drop' does not exist or has no parameters of its own"):
         trainer(tmp_path, [GradientCapture(keep=["net.drop"])]).fit(make_model(), datamodule())
     with pytest.raises(ValueError, match=r"no logger \(logger=False\)"):
         trainer(tmp_path, [GradientCapture()], logger=False).fit(make_model(), datamodule())
-    with pytest.raises(ValueError, match=r"add_histogram_raw .* loggers found: CSVLogger.* histograms: false"):
+    with pytest.raises(
+        ValueError, match=r"histograms need a TensorBoardLogger; loggers found: CSVLogger.* histograms: false"
+    ):
         trainer(tmp_path, [GradientCapture()], logger=CSVLogger(tmp_path)).fit(make_model(), datamodule())

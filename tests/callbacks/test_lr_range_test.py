@@ -335,7 +335,7 @@ def test_suggestion_survives_with_a_cli_built_optimizer_and_a_resumed_run_keeps_
 def test_too_short_curve_warns_and_training_goes_on(trainer_kwargs, tmp_path):
     probe = _LRProbe()
     finder = LRRangeTest(num_iter=4, apply=True)  # 5 points, skip_begin 10: no suggestion possible
-    with pytest.warns(UserWarning, match="Raise num_iter"):
+    with pytest.warns(UserWarning, match="Raise num_iter"), pytest.warns(UserWarning, match="no suggestion to apply"):
         Trainer(**{**trainer_kwargs, "limit_train_batches": 1}, callbacks=[finder, probe]).fit(
             _model(), datamodule=_data()
         )
@@ -399,3 +399,44 @@ def test_state_dict_round_trip():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LRRangeTest(**kwargs)
+
+
+class _FailingRangeTest(Callback):
+    """Runs the range test at the start of epoch 1 with a training_step that raises on its third call."""
+
+    def __init__(self) -> None:
+        self.before: dict[str, Any] | None = None
+        self.after: dict[str, Any] | None = None
+        self.error: Exception | None = None
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Classifier) -> None:
+        if trainer.current_epoch != 1:
+            return
+        self.before = _snapshot(trainer, pl_module)
+        original, calls = pl_module.training_step, []
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("boom in step 3")
+            return original(*args, **kwargs)
+
+        pl_module.training_step = failing
+        try:
+            run_lr_range_test(trainer, pl_module, start_lr=1e-3, end_lr=10.0, num_iter=5)
+        except RuntimeError as error:
+            self.error = error
+        finally:
+            pl_module.training_step = original
+        self.after = _snapshot(trainer, pl_module)
+
+
+def test_state_is_restored_when_the_test_raises(trainer_kwargs):
+    seed_everything(8)
+    probe = _FailingRangeTest()
+    model = _model(optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    Trainer(**{**trainer_kwargs, "max_epochs": 2, "limit_train_batches": 1}, callbacks=[probe]).fit(
+        model, datamodule=_data()
+    )
+    assert str(probe.error) == "boom in step 3"
+    _assert_identical(probe.before, probe.after, "state")

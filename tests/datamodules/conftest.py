@@ -21,12 +21,18 @@ def course_normalizer():
     return _course_normalizer
 
 
-def _course_normalizer(paths: list[Path], resize: int, crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _course_normalizer(
+    paths: list[Path], resize: int, crop: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The course's pipeline, written independently: ImageFolder's loader + Resize + ToTensor, per-image
     per-channel mean/std averaged over the images."""
     from PIL import Image
 
-    steps = [transforms.Resize(resize)] + ([transforms.CenterCrop(crop)] if crop else []) + [transforms.ToTensor()]
+    steps = (
+        [transforms.Resize(resize)]
+        + ([transforms.CenterCrop(crop)] if crop else [])
+        + [transforms.ToTensor()]
+    )
     tf = transforms.Compose(steps)
     means, stds = [], []
     for p in paths:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import fake_data
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 from datamodules import BankMarketingDataModule
 from datamodules.bank import TabularEncoder
 
+REPO = Path(__file__).resolve().parents[2]
+
 NUMERIC = ["age", "balance", "day", "duration", "campaign", "pdays", "previous"]
 
 
@@ -22,16 +25,16 @@ def expected_width(frame: pd.DataFrame, drop: tuple[str, ...] = ()) -> int:
     for col in frame.columns:
         if col in drop:
             continue
-        if col in NUMERIC:
-            width += 1
-        elif set(frame[col]) <= {"yes", "no"}:
+        if col in NUMERIC or set(frame[col]) <= {"yes", "no"}:
             width += 1
         else:
             width += frame[col].nunique()
     return width
 
 
-@pytest.mark.parametrize("maker, target", [(fake_data.make_bank_kaggle, "deposit"), (fake_data.make_bank_uci, "y")])
+@pytest.mark.parametrize(
+    "maker, target", [(fake_data.make_bank_kaggle, "deposit"), (fake_data.make_bank_uci, "y")]
+)
 def test_both_formats_load(tmp_path, maker, target):
     path = maker(tmp_path / "bank", n=300)
     dm = BankMarketingDataModule(path, batch_size=32, val_split=0.2)
@@ -47,14 +50,16 @@ def test_both_formats_load(tmp_path, maker, target):
     assert set(dm._frames["train"].index).isdisjoint(dm._frames["val"].index)
     # stratified: the yes-rate is the same in both splits up to one sample
     assert abs(y_train.float().mean() - y_val.float().mean()) < 2 / len(y_val)
-    assert torch.equal(y_train, torch.tensor((frame.loc[dm._frames["train"].index, target] == "yes").to_numpy()))
+    assert torch.equal(
+        y_train, torch.tensor((frame.loc[dm._frames["train"].index, target] == "yes").to_numpy())
+    )
     # numerics standardised with TRAIN statistics
     assert torch.allclose(x_train[:, :7].mean(0), torch.zeros(7), atol=1e-5)
     assert torch.allclose(x_train[:, :7].std(0, unbiased=False), torch.ones(7), atol=1e-4)
     age = torch.tensor(frame.loc[dm._frames["val"].index, "age"].to_numpy(), dtype=torch.float32)
     mean, std = train_frame["age"].mean(), train_frame["age"].std(ddof=0)
     assert torch.allclose(x_val[:, 0], (age - mean) / std, atol=1e-5)
-    x, y = next(iter(dm.train_dataloader()))
+    x, _y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, dm.num_features)
 
 
@@ -72,7 +77,9 @@ def test_folder_prefers_kaggle_file_and_seed_is_deterministic(tmp_path):
 
 
 def test_unseen_category_encodes_as_zeros():
-    train = pd.DataFrame({"age": [30, 40, 50], "job": ["admin.", "student", "admin."], "loan": ["no", "yes", "no"]})
+    train = pd.DataFrame(
+        {"age": [30, 40, 50], "job": ["admin.", "student", "admin."], "loan": ["no", "yes", "no"]}
+    )
     enc = TabularEncoder.fit(train)
     assert enc.feature_names == ["age", "loan", "job=admin.", "job=student"]
     val = pd.DataFrame({"age": [40], "job": ["astronaut"], "loan": ["no"]})
@@ -95,7 +102,9 @@ def test_unseen_category_in_validation_split(tmp_path):
     rows = np.where(dm._frames["val"]["job"].to_numpy() == "astronaut")[0]
     assert len(rows) == 5
     assert torch.all(dm.datasets["val"].tensors[0][rows][:, job_cols] == 0)
-    assert torch.all(dm.datasets["val"].tensors[0][:, job_cols].sum(1)[np.setdiff1d(np.arange(40), rows)] == 1)
+    assert torch.all(
+        dm.datasets["val"].tensors[0][:, job_cols].sum(1)[np.setdiff1d(np.arange(40), rows)] == 1
+    )
 
 
 def test_drop_duration_and_state_dict_roundtrip(tmp_path):
@@ -115,7 +124,9 @@ def test_drop_duration_and_state_dict_roundtrip(tmp_path):
 
 def test_num_features_gives_clear_error_when_file_is_missing(tmp_path):
     dm = BankMarketingDataModule(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match=r"(?s)No bank marketing CSV.*lit-cv download bank --data-dir"):
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)No bank marketing CSV.*lit-cv download bank --data-dir"
+    ):
         _ = dm.num_features
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match=r"none of the target columns \('deposit', 'y'\)"):
@@ -135,3 +146,21 @@ def test_real_bank_shapes(shared_data):
     assert full.num_features == dm.num_features  # the same 16 inputs and categories in both files
     full.setup()
     assert int(torch.cat([t.tensors[1] for t in full.datasets.values()]).sum()) == 5289
+
+
+def test_cli_links_num_features_into_the_mlp(tmp_path):
+    from lit_cv.cli import LitCVCLI
+
+    path = fake_data.make_bank_kaggle(tmp_path, n=120)
+    args = [
+        "--config",
+        str(REPO / "configs" / "bank_mlp_plain.yaml"),
+        f"--data.init_args.data_dir_or_file={path}",
+        "--trainer.logger=false",
+    ]
+    cli = LitCVCLI(args=args, run=False)
+    expected = BankMarketingDataModule(
+        path, drop_duration=True
+    ).num_features  # configs/data/bank.yaml drops it
+    assert cli.model.net.in_features == expected
+    assert cli.model.num_classes == 2

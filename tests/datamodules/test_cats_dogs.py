@@ -79,7 +79,9 @@ def test_course_resize_255_crop_224_and_imagenet_default(tmp_path, course_normal
 
 def test_missing_layout_error(tmp_path):
     (tmp_path / "cd" / "train" / "cats").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=r"(?s)Class folder 'dog' is missing.*lit-cv download cats_dogs"):
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)Class folder 'dog' is missing.*lit-cv download cats_dogs"
+    ):
         small(tmp_path / "cd", tmp_path).setup("fit")
     with pytest.raises(FileNotFoundError, match=r"Neither .*train' nor .*PetImages' exists"):
         small(tmp_path / "empty", tmp_path).setup("fit")

@@ -73,7 +73,9 @@ def test_extract_atomic_places_top_level_entries_and_keeps_existing(tmp_path):
 
 def test_checksum_mismatch_refused_and_partial_removed(tmp_path):
     payload = b"x" * 1000
-    resource = dl.Resource(("https://example.org/f.bin",), "f.bin", sha256=hashlib.sha256(b"other").hexdigest())
+    resource = dl.Resource(
+        ("https://example.org/f.bin",), "f.bin", sha256=hashlib.sha256(b"other").hexdigest()
+    )
     with pytest.raises(dl.ChecksumError, match="f.bin: sha256"):
         dl.fetch(resource, tmp_path, opener=lambda url: io.BytesIO(payload))
     assert list(tmp_path.iterdir()) == []

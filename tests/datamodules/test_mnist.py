@@ -19,7 +19,10 @@ from datamodules.mnist import read_idx
 def test_read_idx_matches_torchvision_reader(tmp_path):
     root = fake_data.make_mnist_idx(tmp_path / "m", n_train=30, n_test=10)
     raw = root / "MNIST" / "raw"
-    for name, reader in (("train-images-idx3-ubyte", read_image_file), ("train-labels-idx1-ubyte", read_label_file)):
+    for name, reader in (
+        ("train-images-idx3-ubyte", read_image_file),
+        ("train-labels-idx1-ubyte", read_label_file),
+    ):
         with gzip.open(raw / f"{name}.gz") as f_in, open(tmp_path / name, "wb") as f_out:
             shutil.copyfileobj(f_in, f_out)
         expected = reader(str(tmp_path / name)).numpy()
@@ -65,7 +68,9 @@ def test_normalised_with_train_stats_only(tmp_path):
 
 def test_train_from_test_when_train_images_are_missing(tmp_path):
     root = fake_data.make_mnist_idx(tmp_path / "m", n_test=50, layout="raw", with_train_images=False)
-    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\[.gz\] is missing.*train_from='test'"):
+    with pytest.raises(
+        FileNotFoundError, match=r"train-images-idx3-ubyte\[.gz\] is missing.*train_from='test'"
+    ):
         MNISTDataModule(root, cache_dir=tmp_path / "c").setup("fit")
     dm = MNISTDataModule(root, train_from="test", val_split=0.2, cache_dir=tmp_path / "c")
     dm.setup("fit")
@@ -100,7 +105,9 @@ def test_missing_files_and_bad_arguments(tmp_path):
 
 @pytest.mark.real_data
 def test_real_mnist_counts(shared_data, tmp_path):
-    dm = MNISTDataModule(shared_data / "mnist" / "raw", train_from="test", val_split=0.2, cache_dir=tmp_path / "c")
+    dm = MNISTDataModule(
+        shared_data / "mnist" / "raw", train_from="test", val_split=0.2, cache_dir=tmp_path / "c"
+    )
     dm.setup("fit")
     assert [len(dm.splits[s]) for s in ("train", "val")] == [8000, 2000]
     labels = torch.cat([dm.splits["train"].labels, dm.splits["val"].labels])

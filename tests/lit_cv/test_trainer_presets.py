@@ -37,7 +37,7 @@ def test_the_four_presets_exist() -> None:
     assert [p.stem for p in PRESETS] == ["cpu", "ddp", "gpu", "multinode"]
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)  # not "gpu": conftest would read it as the mark
 def test_preset_composes_with_an_experiment(preset: Path, capsys: pytest.CaptureFixture) -> None:
     trainer = _print_config(capsys, preset)["trainer"]
     for key, value in yaml.safe_load(preset.read_text())["trainer"].items():
@@ -77,7 +77,7 @@ def test_best_mixed_precision_plugin_follows_the_device() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("preset", GPU_PRESETS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("preset", GPU_PRESETS, ids=lambda p: p.name)  # not "gpu": conftest would read it as the mark
 def test_gpu_preset_builds_a_trainer(preset: Path, tmp_path: Path) -> None:
     cli = LitCVCLI(
         args=["fit", "--config", str(QUICKSTART), "--config", str(preset),

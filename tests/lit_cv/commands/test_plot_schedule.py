@@ -83,3 +83,19 @@ def test_bad_arguments_say_the_fix(argv, match, capsys):
     with pytest.raises(SystemExit):
         lit_cv_main(["plot-schedule", *argv])
     assert match in capsys.readouterr().err
+
+
+def test_a_schedule_that_would_fail_during_fit_fails_here(tmp_path, capsys):
+    one_cycle = tmp_path / "one_cycle.yaml"
+    one_cycle.write_text(
+        "model:\n"
+        "  lr_scheduler:\n"
+        "    class_path: torch.optim.lr_scheduler.OneCycleLR\n"
+        "    init_args: {max_lr: 0.01, total_steps: 10}\n"
+        "  scheduler_interval: step\n"
+    )
+    with pytest.raises(SystemExit):
+        lit_cv_main(["plot-schedule", "--config", QUICKSTART, "--config", str(one_cycle),
+                     "--trainer.max_epochs", "3", "--steps-per-epoch", "4", "--output", str(tmp_path / "s.png")])
+    err = capsys.readouterr().err
+    assert "fails within 3 epochs x 4 batches" in err and "total steps is 10" in err
