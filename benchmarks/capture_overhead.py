@@ -1,15 +1,21 @@
 """Step-time overhead of :class:`callbacks.GradientCapture` (goal: < 5% when capturing every 50 steps).
 
-    python benchmarks/capture_overhead.py [--steps 400] [--repeats 3] [--every 50] [--n-feature 32]
+    python benchmarks/capture_overhead.py [--steps 200] [--repeats 6] [--every 50] [--n-feature 32]
         [--threads N] [--out FILE]
 
-Trains the quickstart model (CNN2 on the bundled digits, 28x28, batch 32, TensorBoard logger) for ``--steps``
-optimizer steps without and with ``GradientCapture(every_n_steps=--every)`` (all layers, histograms on: the
-defaults), alternating the two in one process ``--repeats`` times so machine load hits both alike. A step is
-``on_train_batch_start`` -> ``on_train_batch_end`` (forward, backward, optimizer step and the capture hooks);
-the first ``--warmup`` steps of each run are dropped. The overhead is the ratio of the mean step times, using
-each configuration's fastest run (the least disturbed by other processes); the median-run ratio is printed
-too.
+Trains the quickstart model (CNN2 on the bundled digits, 28x28, batch 32, Adam, TensorBoard logger) without
+and with ``GradientCapture(every_n_steps=--every)`` (all layers, histograms on: the defaults), the two back to
+back, ``--repeats`` times in one process (alternating which goes first). A step is ``on_train_batch_start`` ->
+``on_train_batch_end`` (forward, backward, optimizer step and the capture hooks). The first ``--every`` steps
+of each run are a warm-up (step 0 is a capture step); the next ``--steps`` are measured, so the window holds
+exactly ``steps / every`` captures. Two figures:
+
+- **in-run share** (robust on a shared machine): the time spent inside the capture's hooks (timed around
+  ``on_before_optimizer_step`` and the optimizer post-step hook) divided by the rest of the step time of the
+  same runs, so background load slows both sides alike;
+- **A/B**: ratio of the mean step time with and without the callback: the median over the back-to-back
+  pairs, and the ratio of each configuration's fastest run. Only meaningful on a quiet machine: other
+  processes move single runs by tens of percent.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ GOAL = 5.0  # percent
 
 
 class StepTimer(Callback):
-    """Wall time of every training step, keyed by the global step it started at."""
+    """Wall time of every training step, keyed by the global step it ran."""
 
     def __init__(self) -> None:
         self.times: list[tuple[int, float]] = []
@@ -50,69 +56,97 @@ class StepTimer(Callback):
         self.times.append((trainer.global_step - 1, time.perf_counter() - self._start))
 
 
-def run(steps: int, n_feature: int, every: int | None, log_dir: str) -> list[tuple[int, float]]:
+class TimedGradientCapture(GradientCapture):
+    """GradientCapture that adds up the wall time spent in its two per-step hooks, per global step."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spent: dict[int, float] = {}
+
+    def on_before_optimizer_step(self, trainer: Trainer, *args: Any) -> None:
+        start = time.perf_counter()
+        super().on_before_optimizer_step(trainer, *args)
+        self.spent[trainer.global_step] = (
+            self.spent.get(trainer.global_step, 0.0) + time.perf_counter() - start
+        )
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        start, step = time.perf_counter(), self._pending_step
+        super()._after_optimizer_step(optimizer, args, kwargs)
+        if step is not None:
+            self.spent[step] = self.spent.get(step, 0.0) + time.perf_counter() - start
+
+
+def run(steps: int, n_feature: int, every: int | None, log_dir: str) -> tuple[list[tuple[int, float]], dict]:
     seed_everything(13, verbose=False)
     timer = StepTimer()
-    callbacks: list[Callback] = [timer]
-    if every is not None:
-        callbacks.append(GradientCapture(every_n_steps=every))
+    capture = TimedGradientCapture(every_n_steps=every) if every is not None else None
     trainer = Trainer(
         accelerator="cpu",
         max_steps=steps,
         limit_val_batches=0,
         logger=TensorBoardLogger(log_dir, name="capture" if every else "baseline"),
-        callbacks=callbacks,
+        callbacks=[timer] + ([capture] if capture else []),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=50,
     )
-    model = Classifier(
-        CNN2(n_feature=n_feature, in_channels=1, num_classes=10, image_size=28), num_classes=10
-    )
-    trainer.fit(model, DigitsDataModule(batch_size=32, image_size=28))
-    return timer.times
+    net = CNN2(n_feature=n_feature, in_channels=1, num_classes=10, image_size=28)
+    trainer.fit(Classifier(net, num_classes=10), DigitsDataModule(batch_size=32, image_size=28))
+    return timer.times, (capture.spent if capture else {})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--steps", type=int, default=200, help="measured steps per run (a multiple of --every)"
+    )
+    parser.add_argument("--repeats", type=int, default=6, help="pairs of runs (without, with the callback)")
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--n-feature", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.steps % args.every:
+        parser.error(f"--steps {args.steps} must be a multiple of --every {args.every}")
+    # steps [0, every) warm up (step 0 is a capture step); the measured window holds steps / every captures
+    warmup = args.every
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    runs: dict[str, list[list[tuple[int, float]]]] = {"baseline": [], "capture": []}
+    step_times: dict[str, list[list[tuple[int, float]]]] = {"baseline": [], "capture": []}
+    spent: list[dict[int, float]] = []
     with tempfile.TemporaryDirectory(prefix="capture_overhead_") as log_dir:
         for repeat in range(args.repeats):
-            order = ["baseline", "capture"] if repeat % 2 == 0 else ["capture", "baseline"]
-            for name in order:
-                times = run(args.steps, args.n_feature, args.every if name == "capture" else None, log_dir)
-                runs[name].append([t for t in times if t[0] >= args.warmup])
+            for name in ["baseline", "capture"] if repeat % 2 == 0 else ["capture", "baseline"]:
+                every = args.every if name == "capture" else None
+                times, hook_time = run(warmup + args.steps, args.n_feature, every, log_dir)
+                step_times[name].append([t for t in times if t[0] >= warmup])
+                if name == "capture":
+                    spent.append({s: t for s, t in hook_time.items() if s >= warmup})
 
-    def mean_ms(times: list[tuple[int, float]]) -> float:
-        return 1000 * statistics.fmean(t for _, t in times)
+    # in-run share: hook time / (step time - hook time), over all capture runs
+    total_steps = sum(t for times in step_times["capture"] for _, t in times)
+    total_hooks = sum(sum(run_spent.values()) for run_spent in spent)
+    share = 100 * total_hooks / (total_steps - total_hooks)
+    capture_ms = [1000 * t for run_spent in spent for s, t in run_spent.items() if s % args.every == 0]
+    idle_ms = [1000 * t for run_spent in spent for s, t in run_spent.items() if s % args.every != 0]
 
-    summary: dict[str, Any] = {}
-    for name, all_times in runs.items():
-        means = [mean_ms(times) for times in all_times]
-        summary[name] = {
-            "mean_step_ms_per_run": means,
-            "best_ms": min(means),
-            "median_ms": statistics.median(means),
-        }
-    capture_steps = [t for times in runs["capture"] for s, t in times if s % args.every == 0]
-    other_steps = [t for times in runs["capture"] for s, t in times if s % args.every != 0]
-    overhead_best = 100 * (summary["capture"]["best_ms"] / summary["baseline"]["best_ms"] - 1)
-    overhead_median = 100 * (summary["capture"]["median_ms"] / summary["baseline"]["median_ms"] - 1)
+    # A/B
+    means = {
+        name: [1000 * statistics.fmean(t for _, t in times) for times in runs]
+        for name, runs in step_times.items()
+    }
+    best = {name: min(values) for name, values in means.items()}
+    ab_best = 100 * (best["capture"] / best["baseline"] - 1)
+    # each repeat ran the two back to back: the median of the pairwise ratios cancels slow drifts in load
+    pair_ratios = [100 * (c / b - 1) for b, c in zip(means["baseline"], means["capture"])]
+    ab_pairs = statistics.median(pair_ratios)
+
     result = {
         "command": "python benchmarks/capture_overhead.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "steps": args.steps,
         "repeats": args.repeats,
         "every_n_steps": args.every,
@@ -120,31 +154,34 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
-        **summary,
-        "capture_step_ms": 1000 * statistics.median(capture_steps) if capture_steps else None,
-        "other_step_ms": 1000 * statistics.median(other_steps),
-        "overhead_percent_best": overhead_best,
-        "overhead_percent_median": overhead_median,
+        "in_run_share_percent": share,
+        "hook_ms_per_capture_step": statistics.median(capture_ms),
+        "hook_ms_per_other_step": statistics.median(idle_ms),
+        "step_ms_with_capture": 1000 * total_steps / sum(len(times) for times in step_times["capture"]),
+        "mean_step_ms_per_run": means,
+        "ab_percent_per_pair": pair_ratios,
+        "ab_percent_median_pair": ab_pairs,
+        "ab_percent_best_runs": ab_best,
     }
     print(
-        f"\nGradientCapture(every_n_steps={args.every}) overhead: CNN2(n_feature={args.n_feature}) on digits "
-        f"28x28, batch 32, {args.steps} steps x {args.repeats} runs each, "
+        f"\nGradientCapture(every_n_steps={args.every}): CNN2(n_feature={args.n_feature}) on digits 28x28, "
+        f"batch 32, {args.steps} measured steps x {args.repeats} runs per configuration, "
         f"{torch.get_num_threads()} torch threads"
     )
-    print(f"{'':>10} {'best run':>10} {'median run':>11}   mean step time per run (ms)")
-    for name in ("baseline", "capture"):
-        row = summary[name]
-        per_run = ", ".join(f"{m:.2f}" for m in row["mean_step_ms_per_run"])
-        print(f"{name:>10} {row['best_ms']:>8.2f}ms {row['median_ms']:>9.2f}ms   [{per_run}]")
     print(
-        f"overhead {overhead_best:+.2f}% (best runs), {overhead_median:+.2f}% (median runs), goal < {GOAL}%"
+        f"in-run share: {share:.2f}% of step time (goal < {GOAL}%): "
+        f"{result['hook_ms_per_capture_step']:.1f} ms per capture step, "
+        f"{1000 * result['hook_ms_per_other_step']:.1f} us on other steps, mean step "
+        f"{result['step_ms_with_capture']:.1f} ms"
     )
-    if capture_steps:
-        capture_ms, other_ms = result["capture_step_ms"], result["other_step_ms"]
-        print(
-            f"median capture step {capture_ms:.1f} ms vs {other_ms:.2f} ms otherwise: one capture costs "
-            f"~{capture_ms - other_ms:.1f} ms, amortised over {args.every} steps"
-        )
+    for name in ("baseline", "capture"):
+        per_run = ", ".join(f"{m:.1f}" for m in means[name])
+        print(f"A/B {name:>8}: mean step per run [{per_run}] ms")
+    pairs = ", ".join(f"{r:+.1f}" for r in pair_ratios)
+    print(
+        f"A/B overhead: median pair {ab_pairs:+.1f}% (pairs: {pairs}), best runs {ab_best:+.1f}%; "
+        "noisy when other processes share the CPU"
+    )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

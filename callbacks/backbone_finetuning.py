@@ -48,7 +48,8 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
         backbone: dotted attribute path of the backbone module in the LightningModule.
 
     Raises:
-        AttributeError: at fit start, if the LightningModule has no module at ``backbone``.
+        AttributeError: at setup, if the LightningModule has nothing at ``backbone``.
+        TypeError: at setup, if ``backbone`` is not an ``nn.Module``.
 
     Example::
 
@@ -68,10 +69,14 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
         module: Any = pl_module
         for part in self.backbone_path.split("."):
             module = getattr(module, part, None)
-        if not isinstance(module, nn.Module):
+        if module is None:
             raise AttributeError(
                 f"BackboneFinetuning found no module at `{self.backbone_path}` in {type(pl_module).__name__}. "
                 "Use a net with a `backbone` (lit_cv.nets.TransferNet) or set `backbone:` to its attribute path."
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"`{self.backbone_path}` is a {type(module).__name__}, not an nn.Module backbone."
             )
         return module
 
@@ -113,7 +118,9 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
         if not restored:
             return
         modules = [
-            m for m in self.flatten_modules(backbone) if any(id(p) in restored for p in m.parameters(recurse=False))
+            m
+            for m in self.flatten_modules(backbone)
+            if any(id(p) in restored for p in m.parameters(recurse=False))
         ]
         self.make_trainable(modules)
         set_frozen_bn_eval(backbone)

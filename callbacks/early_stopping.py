@@ -1,4 +1,4 @@
-"""EarlyStopping: Lightning's early stopping plus the course's "restore the best weights" and a NaN-loss stop."""
+"""EarlyStopping: Lightning's, plus the course's "restore the best weights" and a stop on a NaN loss."""
 
 from __future__ import annotations
 
@@ -15,19 +15,20 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 class EarlyStopping(_LightningEarlyStopping):
-    """Lightning's ``EarlyStopping`` (same arguments and behaviour) that also restores the best weights at the end
-    of ``fit`` and stops on a non-finite training loss. A drop-in replacement.
+    """Lightning's ``EarlyStopping`` (same arguments and behaviour) that also restores the best weights at the
+    end of ``fit`` and stops on a non-finite training loss. A drop-in replacement.
 
     What it adds:
 
     - ``restore_best_weights``: at the end of ``fit`` the module gets the weights of the epoch with the best
-      ``monitor`` value, so ``trainer.test`` / ``predict`` after ``fit`` evaluate the best model, not the last.
-      They come from the best checkpoint of a ``ModelCheckpoint`` watching the same ``monitor`` and ``mode`` when
-      there is one (the ``lit-cv`` CLI's default checkpoint watches ``val/loss``, ``min``), else from an
-      in-memory copy taken whenever the value improves. "Best" is the strictly best value seen, as
+      ``monitor`` value, so ``trainer.test`` / ``predict`` after ``fit`` evaluate the best model, not the
+      last. They come from the best checkpoint of a ``ModelCheckpoint`` watching the same ``monitor`` and
+      ``mode`` when there is one (the ``lit-cv`` CLI's default checkpoint watches ``val/loss``, ``min``), else
+      from an in-memory copy taken whenever the value improves. "Best" is the strictly best value seen, as
       ModelCheckpoint defines it (``min_delta`` only affects patience).
     - With ``check_finite`` (default on) a NaN/inf *training loss* stops training after that batch, with a
-      warning naming the global step, epoch and batch; Lightning itself only checks ``monitor`` once per epoch.
+      warning naming the global step, epoch and batch; Lightning itself only checks ``monitor`` once per
+      epoch.
 
     Args:
         monitor: metric to watch, e.g. ``val/loss`` or ``val/acc``.
@@ -82,13 +83,20 @@ class EarlyStopping(_LightningEarlyStopping):
             raise ValueError(f"EarlyStopping patience must be >= 0, got {patience}.")
         if min_delta < 0:
             raise ValueError(
-                f"EarlyStopping min_delta must be >= 0 (it is an absolute change; `mode` gives the direction), "
+                "EarlyStopping min_delta must be >= 0 (an absolute change; `mode` gives the direction), "
                 f"got {min_delta}."
             )
         super().__init__(
-            monitor=monitor, min_delta=min_delta, patience=patience, verbose=verbose, mode=mode, strict=strict,
-            check_finite=check_finite, stopping_threshold=stopping_threshold,
-            divergence_threshold=divergence_threshold, check_on_train_epoch_end=check_on_train_epoch_end,
+            monitor=monitor,
+            min_delta=min_delta,
+            patience=patience,
+            verbose=verbose,
+            mode=mode,
+            strict=strict,
+            check_finite=check_finite,
+            stopping_threshold=stopping_threshold,
+            divergence_threshold=divergence_threshold,
+            check_on_train_epoch_end=check_on_train_epoch_end,
             log_rank_zero_only=log_rank_zero_only,
         )
         self.restore_best_weights = restore_best_weights
@@ -113,7 +121,9 @@ class EarlyStopping(_LightningEarlyStopping):
         self._best_weights = state_dict.get("best_weights")
 
     # ------------------------------------------------------------------ hooks
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch_step = trainer.global_step  # the step this batch trains as (what training_step sees)
 
     def on_train_batch_end(
@@ -149,9 +159,9 @@ class EarlyStopping(_LightningEarlyStopping):
         else:
             value = loss.detach().float().cpu().tolist() if loss.numel() == 1 else "non-finite"
         message = (
-            f"Training loss is {value} at global step {step} (epoch {trainer.current_epoch}, batch {batch_idx}): "
-            "stopping training. Lower the learning rate, clip gradients (`trainer.gradient_clip_val`) or check "
-            "the inputs for NaN."
+            f"Training loss is {value} at global step {step} (epoch {trainer.current_epoch}, "
+            f"batch {batch_idx}): stopping training. Lower the learning rate, clip gradients "
+            "(`trainer.gradient_clip_val`) or check the inputs for NaN."
         )
         trainer.should_stop = True
         self.stopped_epoch = trainer.current_epoch
@@ -208,11 +218,12 @@ class EarlyStopping(_LightningEarlyStopping):
         else:
             if self.best_epoch is not None:
                 rank_zero_warn(
-                    f"EarlyStopping: the best checkpoint {path or '(none saved)'} of `{self.monitor}` is missing; "
-                    "keeping the last weights."
+                    f"EarlyStopping: the best checkpoint {path or '(none saved)'} of `{self.monitor}` is "
+                    "missing; keeping the last weights."
                 )
             return
         score = f"{self.monitor}={self.best_weights_score:.6g}" if self.best_weights_score is not None else ""
         rank_zero_info(
-            f"EarlyStopping: restored the best weights (epoch {self.best_epoch}, {score}) from {self.restored_from}."
+            f"EarlyStopping: restored the best weights (epoch {self.best_epoch}, {score}) "
+            f"from {self.restored_from}."
         )

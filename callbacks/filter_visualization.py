@@ -16,14 +16,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torchvision.utils import make_grid
 
 GRID_PADDING = 2  # pixels between tiles (white)
-MIN_TILE_SIDE = (
-    32  # small tiles (3x3 kernels, 11x11 maps) are enlarged by an integer factor to about this side
-)
+MIN_TILE_SIDE = 32  # pixels: small tiles (3x3 kernels, 11x11 maps) are enlarged by an integer factor
 TILES_PER_ROW = 8  # wrap of one-image-per-tile grids (RGB filters, single-input-channel filters)
 
 
@@ -40,8 +39,7 @@ def normalize_each(tiles: torch.Tensor) -> torch.Tensor:
 
 
 def upscale_factor(height: int, width: int, min_side: int = MIN_TILE_SIDE) -> int:
-    """Integer nearest-neighbour enlargement that brings the larger tile side up to about ``min_side``
-    pixels."""
+    """Integer nearest-neighbour enlargement bringing the larger tile side up to about ``min_side`` pixels."""
     return max(1, min_side // max(height, width))
 
 
@@ -151,8 +149,7 @@ def save_grid_png(
 
 
 def first_input_batch(batch: Any, num_images: int) -> torch.Tensor:
-    """The first ``num_images`` inputs of a batch: a tensor, or the first element of a ``(x, y, ...)``
-    tuple/list.
+    """The first ``num_images`` inputs of a batch: the batch itself, or the first item of an ``(x, y)`` tuple.
 
     Raises:
         TypeError: for any other batch structure.
@@ -173,8 +170,7 @@ def conv_layer_names(module: nn.Module) -> list[str]:
 
 
 class FilterVisualization(Callback):
-    """Logs conv filters and feature maps as image grids, every ``every_n_epochs`` epochs and at the end of
-    fit.
+    """Logs conv filters and feature maps as image grids every ``every_n_epochs`` epochs and after fit.
 
     **Filters.** For each chosen ``Conv2d``: the first conv layer of the model is shown in colour (one RGB
     tile per filter) when it has 3 input channels; every other layer in greyscale with one row per filter and
@@ -199,8 +195,8 @@ class FilterVisualization(Callback):
         num_images: validation images whose feature maps are shown.
         max_channels: show at most this many filters, input channels and feature-map channels per layer (the
             first ones), so wide layers stay readable.
-        feature_maps: also log feature maps (needs a validation dataloader; skipped with a warning without
-        one).
+        feature_maps: also log feature maps (needs a validation dataloader; skipped with a warning
+            without one).
 
     Raises:
         ValueError: in ``__init__`` for a negative ``every_n_epochs``, ``num_images`` or ``max_channels`` < 1,
@@ -386,14 +382,9 @@ class FilterVisualization(Callback):
         return outputs
 
     def _take_batch(self, trainer: Trainer) -> torch.Tensor | None:
-        """The first ``num_images`` inputs of the first validation batch, read with the global RNG
-        isolated."""
+        """The first ``num_images`` inputs of the first validation batch, read with the RNG isolated."""
         loaders = trainer.val_dataloaders
-        if (
-            loaders is None
-            and trainer.datamodule is not None
-            and hasattr(trainer.datamodule, "val_dataloader")
-        ):
+        if loaders is None and is_overridden("val_dataloader", trainer.datamodule):
             loaders = trainer.datamodule.val_dataloader()
         if isinstance(loaders, dict):
             loaders = list(loaders.values())

@@ -239,7 +239,7 @@ class GradientCapture(Callback):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        self._pending_step = None
+        self._pending, self._pending_step = {}, None  # drop a snapshot whose step AMP skipped
         if not trainer.is_global_zero or trainer.global_step % self.every_n_steps != 0:
             return
         self._capture_before_step(trainer, optimizer)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -147,10 +148,21 @@ def _writable(folder: Path) -> bool:
         return False
 
 
+def _data_dir_writable(data_dir: Path) -> bool:
+    """Writable for us AND not marked read-only (``r-x``): root may write anywhere, but a shared read-only data
+    folder must stay untouched."""
+    try:
+        mode = data_dir.stat().st_mode
+    except OSError:
+        return False
+    return data_dir.is_dir() and os.access(data_dir, os.W_OK) and bool(stat.S_IMODE(mode) & 0o222)
+
+
 def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path | None:
     """The folder for cached statistics and decoded tensors; never raises.
 
-    ``cache_dir`` if given and writable; else ``<data_dir>/.lit-cv-cache`` when the data folder is writable; else
+    ``cache_dir`` if given and writable; else ``<data_dir>/.lit-cv-cache`` when the data folder is writable (and
+    not marked read-only); else
     ``$LIT_CV_CACHE`` (default ``~/.cache/lit-cv``) / a hash of the data path; else the system temp folder.
     ``None`` only when nothing is writable (then nothing is cached).
     """
@@ -158,7 +170,7 @@ def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None)
     candidates = []
     if cache_dir is not None:
         candidates.append(Path(cache_dir).expanduser())
-    if data_dir.is_dir() and os.access(data_dir, os.W_OK):
+    if _data_dir_writable(data_dir):
         candidates.append(data_dir / CACHE_DIR_NAME)
     tag = f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]}"
     candidates += [USER_CACHE / tag, Path(tempfile.gettempdir()) / "lit-cv" / tag]

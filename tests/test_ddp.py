@@ -19,9 +19,10 @@ N_VAL = 180  # val_split 0.1 of the 1,797 digits: 90 per rank, so DistributedSam
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
-    fast_config(tmp_path, max_epochs=1, limit_train_batches=8, limit_val_batches=1.0, num_sanity_val_steps=0)
-    common = ["--config", QUICKSTART, "--config", "fast.yaml", "--data.val_split", "0.1",
-              "--model.optimizer.init_args.lr", "0.02"]
+    fast_config(tmp_path, max_epochs=1, limit_train_batches=30, limit_val_batches=1.0, num_sanity_val_steps=0)
+    common = ["--config", QUICKSTART, "--config", "fast.yaml", "--data.val_split", "0.1",  # 30 steps: ~40% accuracy
+              "--model.net.init_args.n_feature", "8", "--model.net.init_args.image_size", "16",
+              "--data.init_args.image_size", "16", "--model.optimizer.init_args.lr", "0.01"]
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
     run(["fit", *common, *ddp], cwd=tmp_path)
@@ -43,7 +44,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
          "--trainer.logger.init_args.save_dir", tmp_path / "single"], cwd=tmp_path)
 
     single = json.loads((tmp_path / "single" / "quickstart" / "version_0" / "metrics.json").read_text())["validate"]
-    assert fit["metrics"]["val/acc"] > 0.3, "a model that learned something, not a constant predictor"
+    assert fit["metrics"]["val/acc"] > 0.2, "a model that learned something, not a constant predictor"
     assert fit["per_class"]["val"] == single["per_class"]["val"]
     for name in ("val/acc", "val/f1", "val/loss", "val/acc_class/3"):
         assert fit["metrics"][name] == pytest.approx(single["metrics"][name], abs=1e-5), name

@@ -227,3 +227,43 @@ def test_sbatch_script_runs_a_resumable_fit_that_parses(
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["logger"]["init_args"]["version"] == "slurm-77"  # log directory per job id
     assert (config["ckpt_path"], config["trainer"]["max_epochs"], config["trainer"]["strategy"]) == ("last", 3, "ddp")
+
+
+@pytest.mark.slow
+def test_two_rank_job_step_agrees_to_checkpoint_and_requeue_once(tmp_path: Path) -> None:
+    """Two tasks as ``srun --ntasks-per-node=2`` starts them (DDP over gloo). SIGUSR1 reaches rank 1 only: the
+    ranks still agree at the next batch, write one checkpoint, rank 0 alone calls scontrol, and both stop together."""
+    record = tmp_path / "scontrol_calls.txt"
+    fake_scontrol(tmp_path / "bin", record)
+    config = fast_config(tmp_path, max_epochs=50, limit_train_batches=20, limit_val_batches=1,
+                         strategy="ddp", accelerator="cpu", devices=2)
+    step_env = {**SLURM_STEP_ENV, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}
+    env = lit_cv_env(**step_env, PATH=path_without_scontrol(tmp_path / "bin"))
+    processes = [
+        start(["fit", "--config", QUICKSTART, "--config", config], cwd=tmp_path, log=tmp_path / f"rank{rank}.log",
+              env={**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
+        for rank in (0, 1)
+    ]
+    checkpoints = tmp_path / "runs" / "quickstart" / "version_0" / "checkpoints"
+
+    def logs() -> str:
+        return "\n".join((tmp_path / f"rank{rank}.log").read_text()[-2000:] for rank in (0, 1))
+
+    try:
+        deadline = time.monotonic() + 300
+        while not (checkpoints / "last.ckpt").exists():
+            assert all(p.poll() is None for p in processes) and time.monotonic() < deadline, logs()
+            time.sleep(0.05)
+        processes[1].send_signal(signal.SIGUSR1)
+        codes = [p.wait(timeout=300) for p in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+
+    assert codes == [0, 0], logs()
+    assert record.read_text().splitlines() == [f"requeue {JOB_ID}"], "rank 0 alone requeues, once"
+    for rank in (0, 1):
+        assert "SLURM requeue signal: saving" in (tmp_path / f"rank{rank}.log").read_text()
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] < 49
+    assert sorted(p.name for p in (tmp_path / "runs" / "quickstart").iterdir()) == ["version_0"]

@@ -1,11 +1,11 @@
 """``lit-cv plot-schedule --config X.yaml``: the learning rate of every training batch, before any training.
 
 Builds the model, datamodule and trainer exactly as ``lit-cv fit`` would (``LitCVCLI(run=False)``, so a second
-``--config configs/schedules/NAME.yaml`` and every ``--model.*``/``--trainer.*`` override works), then steps the
-configured optimizer and scheduler through ``trainer.max_epochs`` x batches-per-epoch the way Lightning would
-(:func:`lit_cv.schedules.simulate_module_schedule`) and writes ``schedule.png`` (LR vs step, epoch boundaries
-dotted) and ``schedule.csv`` (step, epoch, lr) to ``runs/<name>/`` (or ``--output``). ReduceLROnPlateau is drawn
-for a metric that never improves: the earliest reductions it can make.
+``--config configs/schedules/NAME.yaml`` and every ``--model.*``/``--trainer.*`` override works), then steps
+the configured optimizer and scheduler through ``trainer.max_epochs`` x batches-per-epoch the way Lightning
+would (:func:`lit_cv.schedules.simulate_module_schedule`) and writes ``schedule.png`` (LR vs step, epoch
+boundaries dotted) and ``schedule.csv`` (step, epoch, lr) to ``runs/<name>/`` (or ``--output``).
+ReduceLROnPlateau is drawn for a metric that never improves: the earliest reductions it can make.
 
 Example::
 
@@ -38,10 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(--config X.yaml, --model.*, --data.*, --trainer.*) is passed to the lit-cv CLI unchanged.",
         allow_abbrev=False,
     )
-    parser.add_argument("--steps-per-epoch", type=int, default=None,
-                        help="training batches per epoch (default: from the datamodule and limit_train_batches)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="PNG path (default runs/<logger name>/schedule.png); the CSV goes beside it")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="training batches per epoch (default: from the datamodule and limit_train_batches)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="PNG path (default runs/<logger name>/schedule.png); the CSV goes beside it",
+    )
     parser.add_argument("--log-y", action="store_true", help="log-scale LR axis")
     return parser
 
@@ -53,7 +61,9 @@ def batches_per_epoch(trainer: Trainer, datamodule: LightningDataModule | None) 
         ValueError: without a datamodule, or with a train dataloader that has no length.
     """
     if datamodule is None:
-        raise ValueError("The config has no `data:` block; give the batches per epoch with --steps-per-epoch N.")
+        raise ValueError(
+            "The config has no `data:` block; give the batches per epoch with --steps-per-epoch N."
+        )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     try:
@@ -79,7 +89,11 @@ def describe(configs: list[Any]) -> str:
         return "no scheduler (constant lr)"
     parts = []
     for config in configs:
-        every = f"every {config.frequency} {config.interval}s" if config.frequency > 1 else f"every {config.interval}"
+        every = (
+            f"every {config.frequency} {config.interval}s"
+            if config.frequency > 1
+            else f"every {config.interval}"
+        )
         note = ", metric never improving" if config.reduce_on_plateau else ""
         parts.append(f"{type(config.scheduler).__name__} ({every}{note})")
     return " + ".join(parts)
@@ -142,8 +156,13 @@ def main(argv: list[str]) -> int:
     optimizer, configs = module_optimizer_and_schedulers(cli.model)
     try:  # what would fail during fit fails here, before any training (OneCycleLR total_steps too small, ...)
         lrs = simulate_configs(
-            optimizer, configs, max_epochs=max_epochs, steps_per_epoch=steps,
-            accumulate_grad_batches=trainer.accumulate_grad_batches, metrics=None, param_group=0,
+            optimizer,
+            configs,
+            max_epochs=max_epochs,
+            steps_per_epoch=steps,
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            metrics=None,
+            param_group=0,
         )
     except ValueError as err:
         parser.error(f"the schedule fails within {max_epochs} epochs x {steps} batches: {err}")

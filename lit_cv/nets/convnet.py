@@ -62,7 +62,9 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         if not channels or min(channels) < 1:
-            raise ValueError(f"ConvNet channels must be a non-empty list of positive ints, got {list(channels)}.")
+            raise ValueError(
+                f"ConvNet channels must be a non-empty list of positive ints, got {list(channels)}."
+            )
         if hidden and min(hidden) < 1:
             raise ValueError(f"ConvNet hidden sizes must be positive, got {list(hidden)}.")
         if not 0.0 <= p < 1.0:

@@ -49,7 +49,13 @@ class _DenseBlock(nn.Module):
     """``num_layers`` dense layers; returns the input concatenated with every layer's k new channels."""
 
     def __init__(
-        self, num_layers: int, in_channels: int, growth_rate: int, bn_size: int | None, se: bool, se_reduction: int
+        self,
+        num_layers: int,
+        in_channels: int,
+        growth_rate: int,
+        bn_size: int | None,
+        se: bool,
+        se_reduction: int,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(

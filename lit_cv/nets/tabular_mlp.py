@@ -46,7 +46,9 @@ class TabularMLP(nn.Module):
         if in_features < 1:
             raise ValueError(f"TabularMLP in_features must be >= 1, got {in_features}.")
         if not hidden or min(hidden) < 1:
-            raise ValueError(f"TabularMLP hidden must be a non-empty list of positive ints, got {list(hidden)}.")
+            raise ValueError(
+                f"TabularMLP hidden must be a non-empty list of positive ints, got {list(hidden)}."
+            )
         for name, value in (("p_input", p_input), ("p_hidden", p_hidden)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"TabularMLP {name} must be in [0, 1), got {value}.")

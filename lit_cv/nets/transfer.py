@@ -65,11 +65,11 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _missing_weights_error(model_name: str, url: str, cache_path: str) -> FileNotFoundError:
+def _missing_weights_error(model_name: str, url: str, alternative: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"Pretrained weights for {model_name!r} are not available offline (HF_HUB_OFFLINE=1 or no internet) "
-        f"and not cached. On a machine with internet download {url} and either place it at {cache_path} "
-        f"(where the library looks for its cache), or anywhere and set `pretrained: /path/to/{Path(url).name}`."
+        f"and not cached. On a machine with internet download {url}, copy it to this machine and set "
+        f"`pretrained: /path/to/{Path(url).name}`; {alternative}."
     )
 
 
@@ -86,12 +86,16 @@ def _timm_backbone(model_name: str, pretrained: bool | str) -> tuple[nn.Module, 
             raise ValueError(f"timm has no pretrained weights for {model_name!r}; use `pretrained: false`.")
         if cfg.hf_hub_id:
             url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{TIMM_HUB_FILES[0]}"
-            cache = f"the Hugging Face cache (`hf download {cfg.hf_hub_id} {TIMM_HUB_FILES[0]}` fills it)"
+            cache = (
+                f"or run `hf download {cfg.hf_hub_id} {TIMM_HUB_FILES[0]}` there and copy the Hugging Face cache "
+                "folder (HF_HUB_CACHE) here"
+            )
             cached = _in_hf_cache(cfg.hf_hub_id)
         else:
             url = cfg.url
-            cache = str(Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name)
-            cached = Path(cache).is_file()
+            path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+            cache = _hub_alternative(path)
+            cached = path.is_file()
         if hub_offline() and not cached:
             raise _missing_weights_error(model_name, url, cache)
         try:
@@ -108,6 +112,10 @@ def _in_hf_cache(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in TIMM_HUB_FILES)
+
+
+def _hub_alternative(path: Path) -> str:
+    return f"or place it at {path} (the torch hub cache) and keep `pretrained: true`"
 
 
 def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, list[str], int]:
@@ -128,12 +136,14 @@ def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module,
         if cache.is_file():
             _load_state(model, load_weights_file(cache), f"torchvision model {arch!r}", cache)
         elif hub_offline():
-            raise _missing_weights_error(TORCHVISION_PREFIX + arch, weights.url, str(cache))
+            raise _missing_weights_error(TORCHVISION_PREFIX + arch, weights.url, _hub_alternative(cache))
         else:
             try:
                 model.load_state_dict(weights.get_state_dict(progress=False))
             except Exception as err:  # urllib raises many network error types
-                raise _missing_weights_error(TORCHVISION_PREFIX + arch, weights.url, str(cache)) from err
+                raise _missing_weights_error(
+                    TORCHVISION_PREFIX + arch, weights.url, _hub_alternative(cache)
+                ) from err
     if arch.startswith("resnet"):
         width = model.fc.in_features
         model.fc = nn.Identity()
@@ -148,7 +158,9 @@ def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module,
     return backbone, [*pools, "fc"], model.classifier[6].in_features
 
 
-def _load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor], model_name: str, path: str) -> None:
+def _load_backbone_state(
+    model: nn.Module, state: dict[str, torch.Tensor], model_name: str, path: str
+) -> None:
     """Load a full-model state dict into a classifier-less timm model (the classifier's keys are dropped)."""
     classifier = model.pretrained_cfg.get("classifier", "fc")
     classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier]
@@ -236,14 +248,18 @@ class TransferNet(nn.Module):
         if not 0.0 <= head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout}.")
         if model_name.startswith(TORCHVISION_PREFIX):
-            self.backbone, self.stages, width = _torchvision_backbone(model_name[len(TORCHVISION_PREFIX):], pretrained)
+            self.backbone, self.stages, width = _torchvision_backbone(
+                model_name[len(TORCHVISION_PREFIX) :], pretrained
+            )
         else:
             self.backbone, self.stages = _timm_backbone(model_name, pretrained)
             width = self.backbone.num_features
         self.num_features = width
         if head_hidden:
             self.head: nn.Module = nn.Sequential(
-                nn.Linear(width, head_hidden), nn.ReLU(inplace=True), nn.Dropout(head_dropout),
+                nn.Linear(width, head_hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(head_dropout),
                 nn.Linear(head_hidden, num_classes),
             )
         else:
@@ -253,7 +269,9 @@ class TransferNet(nn.Module):
             frozen = {name for name, _ in self.backbone.named_parameters()}
         elif finetune == "last_n":
             if not self.stages:
-                raise ValueError(f"{model_name!r} reports no stages (timm feature_info); use finetune all or head.")
+                raise ValueError(
+                    f"{model_name!r} reports no stages (timm feature_info); use finetune all or head."
+                )
             frozen = frozen_param_names(self.backbone, self.stages, unfreeze_last)
         else:
             frozen = set()

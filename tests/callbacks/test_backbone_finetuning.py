@@ -14,6 +14,15 @@ from lit_cv.nets import TransferNet
 UNFREEZE_AT = 1
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tiny convolutions run ~15x slower with 2 intra-op threads when other processes share the 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Snapshot(Callback):
     """Records requires_grad, optimizer param groups (by parameter name) and BatchNorm modes at train start and at
     every training batch."""
@@ -28,9 +37,12 @@ class Snapshot(Callback):
         return {
             "requires_grad": {n: p.requires_grad for n, p in pl_module.named_parameters()},
             "groups": [
-                (sorted(names[id(p)] for p in g["params"]), g["lr"]) for g in trainer.optimizers[0].param_groups
+                (sorted(names[id(p)] for p in g["params"]), g["lr"])
+                for g in trainer.optimizers[0].param_groups
             ],
-            "bn_training": {n: m.training for n, m in pl_module.named_modules() if isinstance(m, nn.BatchNorm2d)},
+            "bn_training": {
+                n: m.training for n, m in pl_module.named_modules() if isinstance(m, nn.BatchNorm2d)
+            },
         }
 
     def on_train_start(self, trainer, pl_module):
@@ -52,13 +64,24 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
 
 
-def fit(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[Classifier, Snapshot, Trainer]:
+def fit(
+    tmp_path: Path, max_epochs: int, ckpt_path: str | None = None
+) -> tuple[Classifier, Snapshot, Trainer]:
     seed_everything(0)
     model, snapshot = make_model(), Snapshot()
-    finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=UNFREEZE_AT, train_bn=False, backbone_initial_lr=1e-3)
+    finetuning = BackboneFinetuning(
+        unfreeze_backbone_at_epoch=UNFREEZE_AT, train_bn=False, backbone_initial_lr=1e-3
+    )
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, limit_val_batches=0, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, deterministic=True, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=tmp_path,
         callbacks=[finetuning, snapshot, ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)],
     )
     trainer.fit(model, train_dataloaders=loader(), ckpt_path=ckpt_path)
@@ -80,15 +103,18 @@ def test_freezes_until_the_unfreeze_epoch_with_frozen_bn_in_eval(tmp_path):
     assert not any(after["bn_training"].values())
     assert after["groups"][1] == (sorted(n for n in backbone if n not in bn), pytest.approx(1e-3))
     assert len(after["groups"]) == 2
+    # Classifier.on_fit_start counted the parameters after the callback froze the backbone.
+    total = sum(p.numel() for p in model.parameters())
+    assert model.param_counts == {"params/total": total, "params/trainable": 96 * 3 + 3}  # only the head
 
 
 def test_resume_after_unfreeze_restores_requires_grad_and_param_groups(tmp_path):
-    first, first_snapshot, first_trainer = fit(tmp_path / "a", max_epochs=2)
+    first, _, first_trainer = fit(tmp_path / "a", max_epochs=2)
     checkpointed = Snapshot.take(first_trainer, first)
     ckpt = tmp_path / "a" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["global_step"] == 2 * 3  # two epochs of three batches
 
-    resumed, snapshot, trainer = fit(tmp_path / "b", max_epochs=3, ckpt_path=str(ckpt))
+    resumed, snapshot, _ = fit(tmp_path / "b", max_epochs=3, ckpt_path=str(ckpt))
     assert snapshot.at_start["requires_grad"] == checkpointed["requires_grad"]
     assert snapshot.at_start["groups"] == checkpointed["groups"]
     assert snapshot.at_start["bn_training"] == checkpointed["bn_training"]
@@ -105,7 +131,7 @@ def test_resume_after_unfreeze_restores_requires_grad_and_param_groups(tmp_path)
 
 def test_resume_before_unfreeze_keeps_backbone_frozen(tmp_path):
     finetuning_epochs = UNFREEZE_AT  # checkpoint after epoch 0, i.e. before unfreezing
-    first, _, _ = fit(tmp_path / "a", max_epochs=finetuning_epochs)
+    fit(tmp_path / "a", max_epochs=finetuning_epochs)
     _, snapshot, _ = fit(tmp_path / "b", max_epochs=2, ckpt_path=str(tmp_path / "a" / "last.ckpt"))
     assert not any(v for n, v in snapshot.at_start["requires_grad"].items() if n.startswith("net.backbone."))
     assert len(snapshot.at_start["groups"]) == 1
@@ -114,7 +140,14 @@ def test_resume_before_unfreeze_keeps_backbone_frozen(tmp_path):
 
 def test_missing_backbone_is_reported(tmp_path):
     model = Classifier(net=nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3)), num_classes=3)
-    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[BackboneFinetuning()])
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[BackboneFinetuning()],
+    )
     with pytest.raises(AttributeError, match="no module at `net.backbone`"):
         trainer.fit(model, train_dataloaders=loader())

@@ -35,12 +35,15 @@ class _Random(LightningDataModule):
 
 
 class Scripted(Classifier):
-    """Logs ``val/score`` from a table (one value per epoch); optionally a NaN/inf loss at one (epoch, batch)."""
+    """Logs ``val/score`` from a table (one per epoch); optionally a NaN/inf loss at one (epoch, batch)."""
 
     def __init__(self, values=(), bad_loss_at=None, bad_value=math.nan) -> None:
         torch.manual_seed(0)
-        super().__init__(net=CNN2(n_feature=2, in_channels=1, num_classes=3, image_size=10, hidden=4),
-                         num_classes=3, optimizer=partial(torch.optim.SGD, lr=0.5))
+        super().__init__(
+            net=CNN2(n_feature=2, in_channels=1, num_classes=3, image_size=10, hidden=4),
+            num_classes=3,
+            optimizer=partial(torch.optim.SGD, lr=0.5),
+        )
         self.values = list(values)
         self.bad_loss_at = bad_loss_at
         self.bad_value = bad_value
@@ -79,12 +82,19 @@ def _differs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _trainer(tiny_trainer_kwargs, epochs, callbacks, checkpointing=False):
-    kwargs = {**tiny_trainer_kwargs, "max_epochs": epochs, "limit_train_batches": BATCHES, "limit_val_batches": 1,
-              "num_sanity_val_steps": 0, "enable_checkpointing": checkpointing}
+    kwargs = {
+        **tiny_trainer_kwargs,
+        "max_epochs": epochs,
+        "limit_train_batches": BATCHES,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": checkpointing,
+    }
     return Trainer(callbacks=callbacks, **kwargs)
 
 
-# source of the best weights, values, mode, patience, min_delta, expected stop epoch (None: no stop), best epoch
+# source of the best weights, values, mode, patience, min_delta, expected stop epoch (None: no stop), best
+# epoch
 TABLE = [
     ("checkpoint", [1.0, 0.8, 0.9, 0.95, 0.7], "min", 2, 0.0, 3, 1),
     ("memory", [1.0, 0.8, 0.9, 0.95, 0.7], "min", 2, 0.0, 3, 1),
@@ -94,7 +104,9 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("source", "values", "mode", "patience", "min_delta", "stop_epoch", "best_epoch"), TABLE)
+@pytest.mark.parametrize(
+    ("source", "values", "mode", "patience", "min_delta", "stop_epoch", "best_epoch"), TABLE
+)
 def test_stops_on_patience_and_restores_the_best_epoch(
     source, values, mode, patience, min_delta, stop_epoch, best_epoch, tiny_trainer_kwargs, tmp_path
 ):
@@ -117,12 +129,16 @@ def test_stops_on_patience_and_restores_the_best_epoch(
     assert early.best_epoch == best_epoch
     assert early.best_weights_score == pytest.approx(values[best_epoch])
     if best_epoch != last_epoch:
-        assert _differs(snapshots.by_epoch[best_epoch], snapshots.by_epoch[last_epoch])  # restoring changes them
+        assert _differs(
+            snapshots.by_epoch[best_epoch], snapshots.by_epoch[last_epoch]
+        )  # restoring changes them
     _assert_same(model.state_dict(), snapshots.by_epoch[best_epoch])
     if checkpoint is not None:
         assert early.restored_from == checkpoint.best_model_path
         assert early._best_weights is None  # no second copy in memory
-        _assert_same(model.state_dict(), torch.load(checkpoint.best_model_path, weights_only=False)["state_dict"])
+        _assert_same(
+            model.state_dict(), torch.load(checkpoint.best_model_path, weights_only=False)["state_dict"]
+        )
     else:
         assert early.restored_from == "memory"
 
@@ -146,7 +162,9 @@ def test_non_finite_loss_stops_naming_the_step_and_restores(bad_value, tiny_trai
     model = Scripted(bad_loss_at=(1, 1), bad_value=bad_value)
     name = "nan" if math.isnan(bad_value) else "inf"
     step = 1 * BATCHES + 1  # epoch 1, batch 1: the optimizer step this batch trains as
-    with pytest.warns(RuntimeWarning, match=rf"Training loss is {name} at global step {step} \(epoch 1, batch 1\)"):
+    with pytest.warns(
+        RuntimeWarning, match=rf"Training loss is {name} at global step {step} \(epoch 1, batch 1\)"
+    ):
         _trainer(tiny_trainer_kwargs, 5, [early, snapshots, counter]).fit(model, _Random())
     assert len(batches_seen) == step + 1  # no batch after the bad one
     assert early.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC
@@ -165,7 +183,9 @@ def test_state_dict_round_trip_and_old_format():
     other.load_state_dict(state)
     assert (other.wait_count, other.best_weights_score, other.best_epoch) == (2, 0.5, 3)
     assert torch.equal(other._best_weights["w"], torch.ones(2))
-    lightning_only = {k: v for k, v in state.items() if k not in ("best_weights_score", "best_epoch", "best_weights")}
+    lightning_only = {
+        k: v for k, v in state.items() if k not in ("best_weights_score", "best_epoch", "best_weights")
+    }
     legacy = EarlyStopping("val/loss")
     legacy.load_state_dict(lightning_only)
     assert legacy.best_epoch is None and legacy._best_weights is None and legacy.wait_count == 2
@@ -176,14 +196,19 @@ def test_resumed_run_restores_a_best_epoch_from_before_the_resume(tiny_trainer_k
     last = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
     snapshots = WeightSnapshots()
     first = Scripted(values)
-    _trainer(tiny_trainer_kwargs, 3, [EarlyStopping("val/score", patience=5), last, snapshots],
-             checkpointing=True).fit(first, _Random())
+    _trainer(
+        tiny_trainer_kwargs, 3, [EarlyStopping("val/score", patience=5), last, snapshots], checkpointing=True
+    ).fit(first, _Random())
     resume_from = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert resume_from["global_step"] == 3 * BATCHES  # resumes after epoch 2, the best (1) is in the past
     early = EarlyStopping("val/score", patience=5)
     resumed = Scripted(values)
-    trainer = _trainer(tiny_trainer_kwargs, 5, [early, ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_top_k=0)],
-                       checkpointing=True)
+    trainer = _trainer(
+        tiny_trainer_kwargs,
+        5,
+        [early, ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_top_k=0)],
+        checkpointing=True,
+    )
     trainer.fit(resumed, _Random(), ckpt_path=tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert early.best_epoch == 1 and early.restored_from == "memory"
     _assert_same(resumed.state_dict(), snapshots.by_epoch[1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -48,20 +49,31 @@ def grid_side(n_tiles: int, per_row: int, tile: int, pad: int = PAD) -> tuple[in
     return rows * (tile + pad) + pad, cols * (tile + pad) + pad
 
 
-def trainer(tmp_path: Path, callbacks: list, max_epochs: int = 2, logger: object = "tb") -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=TensorBoardLogger(tmp_path, name="fv") if logger == "tb" else logger,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        deterministic=True,
-    )
+MakeTrainer = Callable[..., Trainer]
+
+
+@pytest.fixture
+def make_trainer(tiny_trainer_kwargs: dict[str, Any], tmp_path: Path) -> MakeTrainer:
+    """The shared tiny CPU trainer, logging to TensorBoard (or ``logger``) under ``root`` or tmp_path."""
+
+    def make(
+        callbacks: list, max_epochs: int = 2, logger: object = "tb", root: Path | None = None
+    ) -> Trainer:
+        root = root or tmp_path
+        return Trainer(
+            **{
+                **tiny_trainer_kwargs,
+                "default_root_dir": str(root),
+                "max_epochs": max_epochs,
+                "limit_train_batches": 3,
+                "limit_val_batches": 1,
+                "num_sanity_val_steps": 0,
+                "logger": TensorBoardLogger(root, name="fv") if logger == "tb" else logger,
+                "callbacks": callbacks,
+            }
+        )
+
+    return make
 
 
 def read_images(log_dir: str) -> dict[str, list]:
@@ -148,20 +160,16 @@ def test_filter_grid_rejects_bad_weights() -> None:
 
 
 # ---------------------------------------------------------------------- in Trainer.fit
-def test_fit_rgb_cnn2_logs_filters_and_feature_maps(tmp_path: Path) -> None:
+def test_fit_rgb_cnn2_logs_filters_and_feature_maps(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     seed_everything(0)
     model = Classifier(CNN2(n_feature=5, in_channels=3, num_classes=3, image_size=28), num_classes=3)
     callback = FilterVisualization(every_n_epochs=1, num_images=4)
-    fit = trainer(tmp_path, [callback])
+    fit = make_trainer([callback])
     datamodule = TinyRGBDataModule()
     fit.fit(model, datamodule)
 
-    assert tuple(model.net.conv1.weight.shape) == (5, 3, 3, 3) and tuple(model.net.conv2.weight.shape) == (
-        5,
-        5,
-        3,
-        3,
-    )
+    assert tuple(model.net.conv1.weight.shape) == (5, 3, 3, 3)
+    assert tuple(model.net.conv2.weight.shape) == (5, 5, 3, 3)
     images = read_images(fit.log_dir)
     # 3x3 kernels enlarged x10 (32 // 3); conv1 outputs are 26x26 (x1), conv2 outputs 11x11 (x2)
     expected = {
@@ -176,8 +184,7 @@ def test_fit_rgb_cnn2_logs_filters_and_feature_maps(tmp_path: Path) -> None:
         assert [event.step for event in images[tag]] == [3, 6], tag
         assert all((event.height, event.width) == (height, width) for event in images[tag]), tag
 
-    # the logged RGB filter image is the final conv1 weight, each filter min-max scaled, 10x10 pixels per
-    # value
+    # the logged RGB image is the final conv1 weight, each filter min-max scaled, 10x10 pixels per value
     logged = decode(images["filters/net.conv1"][-1])
     weight = model.net.conv1.weight.detach()
     for f in range(5):
@@ -200,10 +207,10 @@ def test_fit_rgb_cnn2_logs_filters_and_feature_maps(tmp_path: Path) -> None:
     assert all((out_dir / name).stat().st_size > 1000 for name in names)
 
 
-def test_fit_greyscale_digits_named_layer(tmp_path: Path) -> None:
+def test_fit_greyscale_digits_named_layer(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     net = CNN2(n_feature=6, in_channels=1, num_classes=10, image_size=16)
     callback = FilterVisualization(layer_names=["net.conv1"], every_n_epochs=0, num_images=3, max_channels=4)
-    fit = trainer(tmp_path, [callback], max_epochs=1)
+    fit = make_trainer([callback], max_epochs=1)
     fit.fit(Classifier(net, num_classes=10), DigitsDataModule(batch_size=16, image_size=16))
 
     images = read_images(fit.log_dir)
@@ -216,13 +223,26 @@ def test_fit_greyscale_digits_named_layer(tmp_path: Path) -> None:
     assert files == ["feature_maps_net.conv1_final.png", "filters_net.conv1_final.png"]
 
 
-def test_does_not_change_training(tmp_path: Path) -> None:
+def test_without_validation_logs_filters_only(tmp_path: Path, make_trainer: MakeTrainer) -> None:
+    class TrainOnly(TinyRGBDataModule):
+        val_dataloader = None  # no validation loader at all
+
+    callback = FilterVisualization(every_n_epochs=0)
+    fit = make_trainer([callback], max_epochs=1)
+    model = Classifier(CNN2(n_feature=3, in_channels=3, num_classes=3), num_classes=3)
+    with pytest.warns(UserWarning, match="no validation dataloader, so feature maps are not logged"):
+        fit.fit(model, TrainOnly())
+    assert set(read_images(fit.log_dir)) == {"filters/net.conv1", "filters/net.conv2"}
+    assert callback.fixed_batch is None
+
+
+def test_does_not_change_training(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     """Taking the fixed batch and running the feature-map forward pass leave the RNG and the weights alone."""
 
     def final_weights(callbacks: list, sub: str) -> dict[str, torch.Tensor]:
         seed_everything(3)
         model = Classifier(CNN2(n_feature=4, p=0.3, in_channels=3, num_classes=3), num_classes=3)
-        trainer(tmp_path / sub, callbacks).fit(model, TinyRGBDataModule())
+        make_trainer(callbacks, root=tmp_path / sub).fit(model, TinyRGBDataModule())
         return model.state_dict()
 
     plain = final_weights([], "plain")
@@ -232,16 +252,16 @@ def test_does_not_change_training(tmp_path: Path) -> None:
         assert torch.equal(plain[key], visualised[key]), key
 
 
-def test_setup_errors(tmp_path: Path) -> None:
+def test_setup_errors(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     model = Classifier(CNN2(n_feature=4, in_channels=3, num_classes=3), num_classes=3)
     with pytest.raises(ValueError, match=r"'net.conv9' does not exist; Conv2d layers: net.conv1, net.conv2"):
-        trainer(tmp_path, [FilterVisualization(layer_names=["net.conv9"])]).fit(model, TinyRGBDataModule())
+        make_trainer([FilterVisualization(layer_names=["net.conv9"])]).fit(model, TinyRGBDataModule())
     with pytest.raises(TypeError, match=r"'net.fc1' is a Linear, not an nn.Conv2d"):
-        trainer(tmp_path, [FilterVisualization(layer_names=["net.fc1"])]).fit(model, TinyRGBDataModule())
+        make_trainer([FilterVisualization(layer_names=["net.fc1"])]).fit(model, TinyRGBDataModule())
     with pytest.raises(ValueError, match=r"no TensorBoardLogger is configured; loggers found: CSVLogger"):
-        trainer(tmp_path, [FilterVisualization()], logger=CSVLogger(tmp_path)).fit(model, TinyRGBDataModule())
+        make_trainer([FilterVisualization()], logger=CSVLogger(tmp_path)).fit(model, TinyRGBDataModule())
     with pytest.raises(ValueError, match=r"loggers found: none"):
-        trainer(tmp_path, [FilterVisualization()], logger=False).fit(model, TinyRGBDataModule())
+        make_trainer([FilterVisualization()], logger=False).fit(model, TinyRGBDataModule())
     mlp = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 3)), num_classes=3)
     with pytest.raises(ValueError, match=r"found no nn.Conv2d in Classifier"):
-        trainer(tmp_path, [FilterVisualization()]).fit(mlp, TinyRGBDataModule())
+        make_trainer([FilterVisualization()]).fit(mlp, TinyRGBDataModule())

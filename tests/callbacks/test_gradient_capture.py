@@ -9,6 +9,7 @@ import copy
 import math
 from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -42,20 +43,31 @@ def datamodule() -> DigitsDataModule:
     return DigitsDataModule(batch_size=16, image_size=16)
 
 
-def trainer(tmp_path: Path, callbacks: list, max_epochs: int = 2, logger: object = "tb") -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=TensorBoardLogger(tmp_path, name="gc") if logger == "tb" else logger,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        deterministic=True,
-    )
+MakeTrainer = Callable[..., Trainer]
+
+
+@pytest.fixture
+def make_trainer(tiny_trainer_kwargs: dict[str, Any], tmp_path: Path) -> MakeTrainer:
+    """The shared tiny CPU trainer, logging to TensorBoard (or ``logger``) under ``root`` or tmp_path."""
+
+    def make(
+        callbacks: list, max_epochs: int = 2, logger: object = "tb", root: Path | None = None
+    ) -> Trainer:
+        root = root or tmp_path
+        return Trainer(
+            **{
+                **tiny_trainer_kwargs,
+                "default_root_dir": str(root),
+                "max_epochs": max_epochs,
+                "limit_train_batches": 4,
+                "limit_val_batches": 1,
+                "num_sanity_val_steps": 0,
+                "logger": TensorBoardLogger(root, name="gc") if logger == "tb" else logger,
+                "callbacks": callbacks,
+            }
+        )
+
+    return make
 
 
 def hook_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -137,13 +149,13 @@ def test_histogram_summary_matches_numpy() -> None:
     assert (constant["min"], constant["max"], sum(constant["bucket_counts"])) == (1.5, 2.5, 7)
 
 
-def test_records_every_n_steps_for_each_named_layer(tmp_path: Path) -> None:
+def test_records_every_n_steps_for_each_named_layer(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     seed_everything(0)
     model = make_model()
     hooks_before = hook_counts(model)
     probe = Probe()
     capture = GradientCapture(every_n_steps=3, layer_names=LAYERS, keep=["net.conv1"])
-    fit = trainer(tmp_path, [probe, capture])
+    fit = make_trainer([probe, capture])
     fit.fit(model, datamodule())
 
     # 2 epochs x 4 batches = steps 0..7; captured at 0, 3, 6
@@ -178,9 +190,9 @@ def test_records_every_n_steps_for_each_named_layer(tmp_path: Path) -> None:
     assert hook_counts(model) == hooks_before
 
 
-def test_default_layers_and_no_histograms(tmp_path: Path) -> None:
+def test_default_layers_and_no_histograms(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     model = make_model()
-    fit = trainer(tmp_path, [GradientCapture(every_n_steps=4, histograms=False)], max_epochs=1)
+    fit = make_trainer([GradientCapture(every_n_steps=4, histograms=False)], max_epochs=1)
     fit.fit(model, datamodule())
     logged, histograms = scalars(fit.log_dir)
     layers = ["net.conv1", "net.conv2", "net.fc1", "net.fc2"]
@@ -190,23 +202,23 @@ def test_default_layers_and_no_histograms(tmp_path: Path) -> None:
     assert not [tag for tag in histograms if tag.startswith(("gradients/", "parameters/"))]
 
 
-def test_hooks_removed_after_exception(tmp_path: Path) -> None:
+def test_hooks_removed_after_exception(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     class Boom(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if trainer.global_step == 2:
                 raise RuntimeError("boom")
 
     model = make_model()
-    fit = trainer(tmp_path, [GradientCapture(every_n_steps=1), Boom()])
+    fit = make_trainer([GradientCapture(every_n_steps=1), Boom()])
     with pytest.raises(RuntimeError, match="boom"):
         fit.fit(model, datamodule())
     assert optimizer_hook_count(fit.optimizers[0]) == 0
 
 
-def test_resume_keeps_history(tmp_path: Path) -> None:
+def test_resume_keeps_history(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     seed_everything(0)
     first = GradientCapture(every_n_steps=2, layer_names=["net.fc2"], keep=["net.fc2"], plot=False)
-    fit = trainer(tmp_path, [first], max_epochs=1)
+    fit = make_trainer([first], max_epochs=1)
     fit.fit(make_model(), datamodule())
     ckpt = tmp_path / "one_epoch.ckpt"
     fit.save_checkpoint(ckpt)
@@ -214,9 +226,7 @@ def test_resume_keeps_history(tmp_path: Path) -> None:
 
     resumed = GradientCapture(every_n_steps=2, layer_names=["net.fc2"], keep=["net.fc2"], plot=False)
     # weights_only=False: the model's hparams hold the optimizer factory (a functools.partial), not our state
-    trainer(tmp_path, [resumed], max_epochs=2).fit(
-        make_model(), datamodule(), ckpt_path=ckpt, weights_only=False
-    )
+    make_trainer([resumed], max_epochs=2).fit(make_model(), datamodule(), ckpt_path=ckpt, weights_only=False)
     assert resumed.captured_steps == {"net.fc2": [0, 2, 4, 6]}
     assert len(resumed.parameters["net.fc2"]["weight"]) == 4
     torch.testing.assert_close(
@@ -237,16 +247,16 @@ def test_init_validation(kwargs, match) -> None:
         GradientCapture(**kwargs)
 
 
-def test_setup_errors(tmp_path: Path) -> None:
+def test_setup_errors(tmp_path: Path, make_trainer: MakeTrainer) -> None:
     with pytest.raises(
         ValueError, match=r"'net.conv3' does not exist .* net.conv1, net.conv2, net.fc1, net.fc2"
     ):
-        trainer(tmp_path, [GradientCapture(layer_names=["net.conv3"])]).fit(make_model(), datamodule())
+        make_trainer([GradientCapture(layer_names=["net.conv3"])]).fit(make_model(), datamodule())
     with pytest.raises(ValueError, match=r"'net.drop' does not exist or has no parameters of its own"):
-        trainer(tmp_path, [GradientCapture(keep=["net.drop"])]).fit(make_model(), datamodule())
+        make_trainer([GradientCapture(keep=["net.drop"])]).fit(make_model(), datamodule())
     with pytest.raises(ValueError, match=r"no logger \(logger=False\)"):
-        trainer(tmp_path, [GradientCapture()], logger=False).fit(make_model(), datamodule())
+        make_trainer([GradientCapture()], logger=False).fit(make_model(), datamodule())
     with pytest.raises(
         ValueError, match=r"histograms need a TensorBoardLogger; loggers found: CSVLogger.* histograms: false"
     ):
-        trainer(tmp_path, [GradientCapture()], logger=CSVLogger(tmp_path)).fit(make_model(), datamodule())
+        make_trainer([GradientCapture()], logger=CSVLogger(tmp_path)).fit(make_model(), datamodule())

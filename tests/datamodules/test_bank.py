@@ -148,7 +148,8 @@ def test_real_bank_shapes(shared_data):
     assert int(torch.cat([t.tensors[1] for t in full.datasets.values()]).sum()) == 5289
 
 
-def test_cli_links_num_features_into_the_mlp(tmp_path):
+def test_cli_links_num_features_into_the_mlp(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["lit-cv"])  # pytest's own arguments are not for the CLI
     from lit_cv.cli import LitCVCLI
 
     path = fake_data.make_bank_kaggle(tmp_path, n=120)

@@ -112,10 +112,13 @@ def test_disk_cache_is_reused_without_decoding(rps_dir, tmp_path, monkeypatch):
 
 def test_read_only_data_dir_falls_back_to_user_cache(rps_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("datamodules.normalization.USER_CACHE", tmp_path / "user_cache")
-    monkeypatch.setattr("os.access", lambda path, mode: False)  # as if data_dir were read-only
-    dm = RPSDataModule(rps_dir, num_workers=0)
-    with pytest.warns(UserWarning):
-        dm.setup("fit")
+    rps_dir.chmod(0o555)  # r-x like ../shared/data; honoured even when the tests run as root
+    try:
+        dm = RPSDataModule(rps_dir, num_workers=0)
+        with pytest.warns(UserWarning):
+            dm.setup("fit")
+    finally:
+        rps_dir.chmod(0o755)
     assert not (rps_dir / ".lit-cv-cache").exists()
     assert list((tmp_path / "user_cache").rglob("stats-*.json"))
 
@@ -228,7 +231,8 @@ def test_real_rps_counts_and_course_normalizer(shared_data, tmp_path):
     assert not (shared_data / "rps" / ".lit-cv-cache").exists()
 
 
-def test_cli_builds_it_from_the_course_config_with_linked_classes(rps_dir, tmp_path):
+def test_cli_builds_it_from_the_course_config_with_linked_classes(rps_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["lit-cv"])  # pytest's own arguments are not for the CLI
     from lit_cv.cli import LitCVCLI
 
     args = [
@@ -241,3 +245,19 @@ def test_cli_builds_it_from_the_course_config_with_linked_classes(rps_dir, tmp_p
     cli = LitCVCLI(args=args, run=False)
     assert isinstance(cli.datamodule, RPSDataModule)
     assert cli.model.num_classes == 3 and list(cli.model.hparams.class_names) == ["paper", "rock", "scissors"]
+
+
+def test_load_state_dict_updates_already_built_loaders(rps_dir, tmp_path):
+    """Lightning restores the datamodule after setup(): batches must then use the restored numbers."""
+    dm = RPSDataModule(rps_dir, num_workers=0, cache_dir=tmp_path / "cache")
+    with pytest.warns(UserWarning):
+        dm.setup("fit")
+    before = next(iter(dm.val_dataloader()))[0]  # builds the normalised cache with the computed numbers
+    dm.load_state_dict(
+        {"normalization": {"method": "train", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    )
+    after = next(iter(dm.val_dataloader()))[0]
+    raw = dm.splits["val"].images[: len(after)].float() / 255
+    assert torch.allclose(after, (raw - 0.5) / 0.25, atol=1e-5)
+    assert not torch.allclose(before, after)
+    assert dm.state_dict()["normalization"]["mean"] == (0.5, 0.5, 0.5)

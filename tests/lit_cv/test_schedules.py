@@ -46,7 +46,9 @@ class _Random(LightningDataModule):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         n = BATCH * n_train_batches
-        self.train = TensorDataset(torch.rand(n, 1, 10, 10, generator=g), torch.randint(0, 3, (n,), generator=g))
+        self.train = TensorDataset(
+            torch.rand(n, 1, 10, 10, generator=g), torch.randint(0, 3, (n,), generator=g)
+        )
         self.val = TensorDataset(torch.rand(BATCH, 1, 10, 10, generator=g), torch.arange(BATCH) % 3)
 
     def train_dataloader(self) -> DataLoader:
@@ -59,8 +61,15 @@ class _Random(LightningDataModule):
 def _model(optimizer, lr_scheduler, interval="epoch", frequency=1, cls=Classifier, **kwargs) -> Classifier:
     torch.manual_seed(0)
     net = CNN2(n_feature=2, in_channels=1, num_classes=3, image_size=10, hidden=4)
-    return cls(net=net, num_classes=3, optimizer=optimizer, lr_scheduler=lr_scheduler,
-               scheduler_interval=interval, scheduler_frequency=frequency, **kwargs)
+    return cls(
+        net=net,
+        num_classes=3,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        scheduler_interval=interval,
+        scheduler_frequency=frequency,
+        **kwargs,
+    )
 
 
 class LRRecorder(Callback):
@@ -76,10 +85,18 @@ class LRRecorder(Callback):
         self.momenta.append(group["betas"][0] if "betas" in group else group.get("momentum", 0.0))
 
 
-def _fit(model, tiny_trainer_kwargs, epochs, batches, val=False, callbacks=(), **trainer_kwargs) -> LRRecorder:
+def _fit(
+    model, tiny_trainer_kwargs, epochs, batches, val=False, callbacks=(), **trainer_kwargs
+) -> LRRecorder:
     recorder = LRRecorder()
-    kwargs = {**tiny_trainer_kwargs, "max_epochs": epochs, "limit_train_batches": batches,
-              "limit_val_batches": 1 if val else 0, "num_sanity_val_steps": 0, **trainer_kwargs}
+    kwargs = {
+        **tiny_trainer_kwargs,
+        "max_epochs": epochs,
+        "limit_train_batches": batches,
+        "limit_val_batches": 1 if val else 0,
+        "num_sanity_val_steps": 0,
+        **trainer_kwargs,
+    }
     Trainer(callbacks=[recorder, *callbacks], **kwargs).fit(model, _Random(batches))
     assert len(recorder.lrs) == epochs * batches
     return recorder
@@ -91,7 +108,7 @@ def _simulated(build, epochs, batches, **kwargs) -> list[float]:
 
 # ------------------------------------------------------------------------------------------- closed forms
 def cosine_restarts_lr(t: Fraction, eta_max: float, eta_min: float, t_0: int, t_mult: int) -> float:
-    """SGDR at (fractional) epoch t: eta_min + (eta_max - eta_min)(1 + cos(pi T_cur / T_i)) / 2, T_i x T_mult."""
+    """SGDR at (fractional) epoch t: eta_min + (eta_max - eta_min)(1 + cos(pi T_cur / T_i)) / 2."""
     t_cur, t_i = Fraction(t), Fraction(t_0)
     while t_cur >= t_i:
         t_cur -= t_i
@@ -129,7 +146,9 @@ def test_step_decay_is_the_course_sequence():
     assert StepDecay(0.5, 2)(5) == 0.25
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"drop": 0.0}, "drop must be in"), ({"epochs_drop": 0}, ">= 1")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"drop": 0.0}, "drop must be in"), ({"epochs_drop": 0}, ">= 1")]
+)
 def test_step_decay_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StepDecay(**kwargs)
@@ -161,15 +180,21 @@ def test_cyclic_momentum_cycling_only_with_momentum(optimizer, cycles):
 def test_cyclic_factory_without_cycle_momentum_argument_says_the_fix():
     params = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.raises(ValueError, match="cycle_momentum: false"):
-        build_optimizer_and_scheduler(partial(torch.optim.Adam, lr=0.1),
-                                      lambda opt: CyclicLR(opt, 0.001, 0.01, step_size_up=2), params)
+        build_optimizer_and_scheduler(
+            partial(torch.optim.Adam, lr=0.1), lambda opt: CyclicLR(opt, 0.001, 0.01, step_size_up=2), params
+        )
 
 
 def test_cosine_restarts_per_step_needs_the_epoch_length():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="limit_train_batches"):
-        step_scheduler(CosineAnnealingWarmRestarts(opt, T_0=1), interval="step", epoch=0, batch_idx=0,
-                       batches_per_epoch=float("inf"))
+        step_scheduler(
+            CosineAnnealingWarmRestarts(opt, T_0=1),
+            interval="step",
+            epoch=0,
+            batch_idx=0,
+            batches_per_epoch=float("inf"),
+        )
 
 
 def test_simulate_refuses_plateau_per_step_before_validation():
@@ -183,15 +208,28 @@ def test_simulate_refuses_plateau_per_step_before_validation():
 # ------------------------------------------------------------------------------------------- real fits
 def test_cosine_warm_restarts_per_batch_follows_the_course_and_is_logged(tiny_trainer_kwargs, tmp_path):
     eta_max, eta_min, t_0, t_mult, epochs, batches = 0.1, 0.001, 1, 2, 7, 4
-    build = partial(_model, partial(torch.optim.SGD, lr=eta_max),
-                    partial(CosineAnnealingWarmRestarts, T_0=t_0, T_mult=t_mult, eta_min=eta_min), "step")
+    build = partial(
+        _model,
+        partial(torch.optim.SGD, lr=eta_max),
+        partial(CosineAnnealingWarmRestarts, T_0=t_0, T_mult=t_mult, eta_min=eta_min),
+        "step",
+    )
     logger = CSVLogger(tmp_path, name="lr")
-    recorder = _fit(build(), tiny_trainer_kwargs, epochs, batches, logger=logger, log_every_n_steps=1,
-                    callbacks=[LearningRateMonitor(logging_interval="step")])
-    # batch k trains with the lr set after batch k-1 of epoch e: step(e + i / n), the course's fractional epoch
+    recorder = _fit(
+        build(),
+        tiny_trainer_kwargs,
+        epochs,
+        batches,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[LearningRateMonitor(logging_interval="step")],
+    )
+    # batch k trains with the lr set after batch k-1 of epoch e: step(e + i / n), the course's fractional
+    # epoch
     expected = [eta_max] + [
         cosine_restarts_lr(Fraction(e) + Fraction(i, batches), eta_max, eta_min, t_0, t_mult)
-        for e in range(epochs) for i in range(batches)
+        for e in range(epochs)
+        for i in range(batches)
     ][:-1]
     assert recorder.lrs == pytest.approx(expected, rel=1e-9, abs=1e-12)
     restarts = [k for k in range(1, len(expected)) if expected[k] > expected[k - 1]]
@@ -204,10 +242,13 @@ def test_cosine_warm_restarts_per_batch_follows_the_course_and_is_logged(tiny_tr
 
 def test_cosine_warm_restarts_per_epoch_is_a_staircase(tiny_trainer_kwargs):
     eta_max, epochs, batches = 0.1, 6, 2
-    build = partial(_model, partial(torch.optim.SGD, lr=eta_max), partial(CosineAnnealingWarmRestarts, T_0=2),
-                    "epoch")
+    build = partial(
+        _model, partial(torch.optim.SGD, lr=eta_max), partial(CosineAnnealingWarmRestarts, T_0=2), "epoch"
+    )
     recorder = _fit(build(), tiny_trainer_kwargs, epochs, batches)
-    expected = [cosine_restarts_lr(Fraction(e), eta_max, 0.0, 2, 1) for e in range(epochs) for _ in range(batches)]
+    expected = [
+        cosine_restarts_lr(Fraction(e), eta_max, 0.0, 2, 1) for e in range(epochs) for _ in range(batches)
+    ]
     assert recorder.lrs == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
@@ -257,7 +298,9 @@ def test_step_and_multistep_per_epoch(scheduler, factor, tiny_trainer_kwargs):
     lr, epochs, batches = 0.1, 5, 2
     build = partial(_model, partial(torch.optim.SGD, lr=lr), scheduler)
     recorder = _fit(build(), tiny_trainer_kwargs, epochs, batches)
-    assert recorder.lrs == pytest.approx([lr * factor(e) for e in range(epochs) for _ in range(batches)], rel=1e-12)
+    assert recorder.lrs == pytest.approx(
+        [lr * factor(e) for e in range(epochs) for _ in range(batches)], rel=1e-12
+    )
     assert _simulated(build, epochs, batches) == pytest.approx(recorder.lrs, rel=1e-12)
 
 
@@ -266,7 +309,9 @@ def test_step_frequency_counts_batches_within_each_epoch(tiny_trainer_kwargs):
     lr, epochs, batches, every = 0.1, 3, 5, 3
     build = partial(_model, partial(torch.optim.SGD, lr=lr), partial(ExponentialLR, gamma=0.5), "step", every)
     recorder = _fit(build(), tiny_trainer_kwargs, epochs, batches)
-    expected = [lr * 0.5 ** (e * (batches // every) + b // every) for e in range(epochs) for b in range(batches)]
+    expected = [
+        lr * 0.5 ** (e * (batches // every) + b // every) for e in range(epochs) for b in range(batches)
+    ]
     assert recorder.lrs == pytest.approx(expected, rel=1e-12)
     assert _simulated(build, epochs, batches) == pytest.approx(recorder.lrs, rel=1e-12)
 
@@ -300,6 +345,8 @@ def test_reduce_on_plateau_of_val_loss(tiny_trainer_kwargs):
     build = partial(_model, partial(torch.optim.SGD, lr=lr), plateau, cls=ScriptedValLoss, values=values)
     recorder = _fit(build(), tiny_trainer_kwargs, len(values), 1, val=True)
     expected = plateau_lrs(values, lr, factor, patience)
-    assert expected[4] == lr and expected[5] == lr * factor and expected[9] == lr * factor**2  # the table bites
+    assert (
+        expected[4] == lr and expected[5] == lr * factor and expected[9] == lr * factor**2
+    )  # the table bites
     assert recorder.lrs == pytest.approx(expected, rel=1e-12)
     assert _simulated(build, len(values), 1, metrics=values) == pytest.approx(recorder.lrs, rel=1e-12)

@@ -27,16 +27,37 @@ def _is_png(path: Path) -> bool:
 
 def test_every_schedule_kind_has_a_config():
     names = {p.stem for p in SCHEDULE_CONFIGS}
-    assert {"cyclic_triangular", "cyclic_triangular2", "cyclic_exp_range", "cosine_warm_restarts", "step",
-            "multistep", "plateau", "step_decay"} <= names
+    assert {
+        "cyclic_triangular",
+        "cyclic_triangular2",
+        "cyclic_exp_range",
+        "cosine_warm_restarts",
+        "step",
+        "multistep",
+        "plateau",
+        "step_decay",
+    } <= names
 
 
 @pytest.mark.parametrize("config", SCHEDULE_CONFIGS, ids=lambda p: p.stem)
 def test_schedule_config_composes_and_plots(config, tmp_path, capsys):
     epochs, steps = 16, 3  # multistep's milestones are 10 and 15
     png = tmp_path / "schedule.png"
-    code = lit_cv_main(["plot-schedule", "--config", QUICKSTART, "--config", str(config),
-                        "--trainer.max_epochs", str(epochs), "--steps-per-epoch", str(steps), "--output", str(png)])
+    code = lit_cv_main(
+        [
+            "plot-schedule",
+            "--config",
+            QUICKSTART,
+            "--config",
+            str(config),
+            "--trainer.max_epochs",
+            str(epochs),
+            "--steps-per-epoch",
+            str(steps),
+            "--output",
+            str(png),
+        ]
+    )
     assert code == 0
     assert _is_png(png)
     assert f"Schedule plot: {png}" in capsys.readouterr().out
@@ -58,8 +79,17 @@ def test_batches_per_epoch_come_from_the_datamodule(tmp_path, monkeypatch, capsy
     dm = DigitsDataModule(batch_size=32, image_size=28)
     dm.setup("fit")
     expected_steps = int(len(dm.train_dataloader()) * 0.5)  # limit_train_batches 0.5
-    code = lit_cv_main(["plot-schedule", "--config", QUICKSTART, "--trainer.max_epochs", "3",
-                        "--trainer.limit_train_batches", "0.5"])
+    code = lit_cv_main(
+        [
+            "plot-schedule",
+            "--config",
+            QUICKSTART,
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.limit_train_batches",
+            "0.5",
+        ]
+    )
     assert code == 0
     png = tmp_path / "runs" / "quickstart" / "schedule.png"  # default: beside the run's versions
     assert _is_png(png)
@@ -95,7 +125,20 @@ def test_a_schedule_that_would_fail_during_fit_fails_here(tmp_path, capsys):
         "  scheduler_interval: step\n"
     )
     with pytest.raises(SystemExit):
-        lit_cv_main(["plot-schedule", "--config", QUICKSTART, "--config", str(one_cycle),
-                     "--trainer.max_epochs", "3", "--steps-per-epoch", "4", "--output", str(tmp_path / "s.png")])
+        lit_cv_main(
+            [
+                "plot-schedule",
+                "--config",
+                QUICKSTART,
+                "--config",
+                str(one_cycle),
+                "--trainer.max_epochs",
+                "3",
+                "--steps-per-epoch",
+                "4",
+                "--output",
+                str(tmp_path / "s.png"),
+            ]
+        )
     err = capsys.readouterr().err
     assert "fails within 3 epochs x 4 batches" in err and "total steps is 10" in err

@@ -42,8 +42,12 @@ def test_se_adds_a_gate_per_unit():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"channels": [8, 8, 8], "image_size": 7}, "image_size >= 8"), ({"channels": []}, "channels"),
-     ({"p": 1.0}, "dropout p"), ({"hidden": [0]}, "hidden")],
+    [
+        ({"channels": [8, 8, 8], "image_size": 7}, "image_size >= 8"),
+        ({"channels": []}, "channels"),
+        ({"p": 1.0}, "dropout p"),
+        ({"hidden": [0]}, "hidden"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

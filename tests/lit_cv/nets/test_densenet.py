@@ -24,7 +24,10 @@ def test_each_layer_sees_all_previous_features():
 def test_bottleneck_conv_width():
     block = _DenseBlock(1, 8, 6, bn_size=4, se=False, se_reduction=16)
     convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.kernel_size, c.in_channels, c.out_channels) for c in convs] == [((1, 1), 8, 24), ((3, 3), 24, 6)]
+    assert [(c.kernel_size, c.in_channels, c.out_channels) for c in convs] == [
+        ((1, 1), 8, 24),
+        ((3, 3), 24, 6),
+    ]
 
 
 def test_transition_halves_channels_and_side():
@@ -33,11 +36,14 @@ def test_transition_halves_channels_and_side():
 
 
 @pytest.mark.parametrize(
-    ("image_size", "blocks", "side"), [(28, [2, 2, 2], 7), (32, [2, 2], 16), (224, [2, 2, 2, 2], 7), (112, [1, 1], 14)]
+    ("image_size", "blocks", "side"),
+    [(28, [2, 2, 2], 7), (32, [2, 2], 16), (224, [2, 2, 2, 2], 7), (112, [1, 1], 14)],
 )
 def test_output_shape_and_feature_width(image_size, blocks, side):
     growth, init = 6, 12
-    net = DenseNet(block_layers=blocks, growth_rate=growth, init_channels=init, image_size=image_size, num_classes=4)
+    net = DenseNet(
+        block_layers=blocks, growth_rate=growth, init_channels=init, image_size=image_size, num_classes=4
+    )
     width = init
     for i, n in enumerate(blocks):
         width += n * growth
@@ -61,8 +67,12 @@ def test_se_gate_at_end_of_every_block():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"block_layers": [1] * 6, "image_size": 28}, "smaller than 1 pixel"), ({"block_layers": []}, "block_layers"),
-     ({"growth_rate": 0}, "growth_rate"), ({"p": 1.5}, "dropout")],
+    [
+        ({"block_layers": [1] * 6, "image_size": 28}, "smaller than 1 pixel"),
+        ({"block_layers": []}, "block_layers"),
+        ({"growth_rate": 0}, "growth_rate"),
+        ({"p": 1.5}, "dropout"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -30,7 +30,9 @@ def test_gate_is_per_sample_and_per_channel():
     assert se.gate(x).shape == (2, 4, 1, 1)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"channels": 0}, "channels"), ({"channels": 4, "reduction": 0}, "reduction")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"channels": 0}, "channels"), ({"channels": 4, "reduction": 0}, "reduction")]
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SqueezeExcite(**kwargs)

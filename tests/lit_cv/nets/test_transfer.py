@@ -12,8 +12,11 @@ TINY = "test_resnet"  # timm's 0.4M-parameter ResNet with BatchNorm; stages act1
 
 def trainable_prefixes(net: TransferNet) -> set[str]:
     """Top-level backbone children (or "head") that have at least one trainable parameter."""
-    return {name.split(".")[1] if name.startswith("backbone.") else "head"
-            for name, p in net.named_parameters() if p.requires_grad}
+    return {
+        name.split(".")[1] if name.startswith("backbone.") else "head"
+        for name, p in net.named_parameters()
+        if p.requires_grad
+    }
 
 
 @pytest.mark.parametrize(
@@ -43,7 +46,9 @@ def test_requires_grad_pattern_per_finetune_mode(finetune, unfreeze_last, expect
     ],
 )
 def test_frozen_batchnorm_stays_in_eval_after_train(finetune, frozen_stages):
-    net = TransferNet(TINY, num_classes=2, pretrained=False, finetune=finetune, unfreeze_last=2).eval().train()
+    net = (
+        TransferNet(TINY, num_classes=2, pretrained=False, finetune=finetune, unfreeze_last=2).eval().train()
+    )
     bns = {name: m for name, m in net.backbone.named_modules() if isinstance(m, nn.BatchNorm2d)}
     frozen = [m for name, m in bns.items() if name.split(".")[0] in frozen_stages]
     assert len(frozen) == sum(name.split(".")[0] in frozen_stages for name in bns)
@@ -59,7 +64,9 @@ def test_frozen_batchnorm_stays_in_eval_after_train(finetune, frozen_stages):
 
 @pytest.mark.parametrize(("num_classes", "head_hidden"), [(1, None), (5, None), (1, 16)])
 def test_head_output_size(num_classes, head_hidden):
-    net = TransferNet(TINY, num_classes=num_classes, pretrained=False, finetune="head", head_hidden=head_hidden)
+    net = TransferNet(
+        TINY, num_classes=num_classes, pretrained=False, finetune="head", head_hidden=head_hidden
+    )
     x = torch.randn(2, 3, 64, 64)
     assert net.forward_features(x).shape == (2, timm.create_model(TINY, num_classes=0).num_features)
     assert net(x).shape == (2, num_classes)
@@ -71,7 +78,9 @@ def test_head_output_size(num_classes, head_hidden):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_local_weights_round_trip(tmp_path, suffix):
     torch.manual_seed(123)
-    source = timm.create_model(TINY, pretrained=False)  # with its 1000-class classifier, as downloaded files are
+    source = timm.create_model(
+        TINY, pretrained=False
+    )  # with its 1000-class classifier, as downloaded files are
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
     path = tmp_path / f"weights{suffix}"
     if suffix == ".safetensors":
@@ -131,7 +140,11 @@ def test_torchvision_cached_and_local_weights_load(tmp_path, monkeypatch):
     for pretrained in (True, str(tmp_path / "checkpoints" / "resnet18-f37072fd.pth")):
         net = TransferNet("torchvision/resnet18", num_classes=1, pretrained=pretrained, finetune="last_n")
         assert torch.equal(net.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
-        assert {n.split(".")[1] for n, p in net.named_parameters() if p.requires_grad} == {"layer4", "weight", "bias"}
+        assert {n.split(".")[1] for n, p in net.named_parameters() if p.requires_grad} == {
+            "layer4",
+            "weight",
+            "bias",
+        }
 
 
 @pytest.mark.slow  # builds the 138M-parameter VGG16
@@ -146,11 +159,18 @@ def test_torchvision_vgg16_course_head():
     assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"finetune": "some"}, ValueError, "Unknown finetune mode 'some'"),
-    ({"finetune": "last_n", "unfreeze_last": 6}, ValueError, r"between 1 and the number of stages \(5"),
-    ({"model_name": "torchvision/densenet121"}, ValueError, "Unsupported torchvision model 'densenet121'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"finetune": "some"}, ValueError, "Unknown finetune mode 'some'"),
+        ({"finetune": "last_n", "unfreeze_last": 6}, ValueError, r"between 1 and the number of stages \(5"),
+        (
+            {"model_name": "torchvision/densenet121"},
+            ValueError,
+            "Unsupported torchvision model 'densenet121'",
+        ),
+    ],
+)
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         TransferNet(**{"model_name": TINY, "pretrained": False, **kwargs})
