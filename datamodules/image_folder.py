@@ -431,7 +431,7 @@ class ImageFolderDataModule(LightningDataModule):
             if id(split) not in loaded:
                 data, bad = self._load(split) if isinstance(split, FileSplit) else (split, [])
                 bad_paths += bad
-                self._check_classes(name, data, split)
+                self._check_classes(name, data)
                 loaded[id(split)] = data
             self.splits[name] = loaded[id(split)]
         if bad_paths:
@@ -446,7 +446,7 @@ class ImageFolderDataModule(LightningDataModule):
                 f"an image):\n  {shown}{more}"
             )
 
-    def _check_classes(self, name: str, data: SplitData, split: FileSplit | SplitData) -> None:
+    def _check_classes(self, name: str, data: SplitData) -> None:
         counts = torch.bincount(data.labels, minlength=self.num_classes)
         empty = [self.class_names[i] for i, c in enumerate(counts.tolist()) if c == 0]
         if empty:

@@ -182,7 +182,10 @@ class Classifier(LightningModule):
             raise ValueError(
                 f"class_names has {len(class_names)} names {class_names} but num_classes is {num_classes}."
             )
-        self.save_hyperparameters(ignore=[] if _built_by_cli() else ["net"])
+        # Built by the CLI, hparams are the parsed config (net and optimizer as class_path dicts), enough for
+        # load_from_checkpoint on its own. Built in Python, the net is saved in the state_dict and the callables
+        # would only make the checkpoint unloadable with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=[] if _built_by_cli() else ["net", "optimizer", "lr_scheduler"])
         self.net = net
         self.task: Task = task
         self.num_classes = num_classes

@@ -120,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lit-cv`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in EXTRA_COMMANDS:
-        code = _load_command(EXTRA_COMMANDS[argv[0]])(argv[1:])
+        # The command parses its own argv; LightningCLI(args=...) inside it must not also see sys.argv.
+        saved, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            code = _load_command(EXTRA_COMMANDS[argv[0]])(argv[1:])
+        finally:
+            sys.argv = saved
         return int(code or 0)
     LitCVCLI(args=argv)
     return 0

@@ -16,7 +16,6 @@ from lit_cv.precision import BestMixedPrecision, best_mixed_precision
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO_ROOT / "configs" / "quickstart.yaml"
 PRESETS = sorted((REPO_ROOT / "configs" / "trainer").glob("*.yaml"))
-GPU_PRESETS = [p for p in PRESETS if p.stem != "cpu"]
 
 
 def _class_paths(items: list[Any] | None) -> list[str]:
@@ -76,15 +75,22 @@ def test_best_mixed_precision_plugin_follows_the_device() -> None:
     assert (plugin.scaler is not None) == (plugin.precision == "16-mixed")  # fp16 needs loss scaling, bf16 not
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("preset", GPU_PRESETS, ids=lambda p: p.name)  # not "gpu": conftest would read it as the mark
-def test_gpu_preset_builds_a_trainer(preset: Path, tmp_path: Path) -> None:
+def _preset_params() -> list[Any]:
+    return [pytest.param(p, id=p.name, marks=[pytest.mark.gpu] if p.stem != "cpu" else []) for p in PRESETS]
+
+
+@pytest.mark.parametrize("preset", _preset_params())
+def test_preset_builds_a_trainer(preset: Path, tmp_path: Path) -> None:
+    """Instantiate the Trainer from the experiment + preset (the GPU presets only where CUDA is available)."""
     cli = LitCVCLI(
-        args=["fit", "--config", str(QUICKSTART), "--config", str(preset),
-              "--trainer.logger.init_args.save_dir", str(tmp_path)],
+        args=["--config", str(QUICKSTART), "--config", str(preset), "--trainer.logger.init_args.save_dir", str(tmp_path)],
         run=False,
     )
     trainer = cli.trainer
+    if preset.stem == "cpu":
+        assert (trainer.precision, trainer.num_devices, type(trainer.accelerator).__name__) == (
+            "32-true", 1, "CPUAccelerator")
+        return
     assert trainer.precision == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
     assert any(isinstance(c, ChannelsLast) for c in trainer.callbacks)
     if preset.stem == "gpu":
