@@ -21,6 +21,8 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torchvision.utils import make_grid
 
+from callbacks.run_dir import run_dir
+
 GRID_PADDING = 2  # pixels between tiles (white)
 MIN_TILE_SIDE = 32  # pixels: small tiles (3x3 kernels, 11x11 maps) are enlarged by an integer factor
 TILES_PER_ROW = 8  # wrap of one-image-per-tile grids (RGB filters, single-input-channel filters)
@@ -307,7 +309,7 @@ class FilterVisualization(Callback):
         step = trainer.global_step
         if step == self._last_logged_step:  # the end of fit right after a periodic log: PNG files only
             writers = []
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "filter_visualization"
+        out_dir = run_dir(trainer) / "filter_visualization"
         title_when = (
             f"epoch {trainer.current_epoch}, step {step}" if suffix != "final" else f"end of fit, step {step}"
         )

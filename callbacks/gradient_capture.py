@@ -18,6 +18,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from callbacks.run_dir import run_dir
+
 PERCENTILE_BANDS = ((0.05, 0.95), (0.25, 0.75))  # shaded bands of the evolution plot, outer to inner
 HISTOGRAM_BINS = 64  # equal-width bins between the tensor's min and max
 
@@ -347,7 +349,7 @@ class GradientCapture(Callback):
 
         title = f"GradientCapture: distribution over training (captured every {self.every_n_steps} steps)"
         fig = plot_history(self.captured_steps, self.gradients, self.parameters, title=title)
-        path = Path(trainer.log_dir or trainer.default_root_dir) / "gradient_capture" / "evolution.png"
+        path = run_dir(trainer) / "gradient_capture" / "evolution.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
         for writer in _histogram_writers(trainer):

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from lightning.pytorch.utilities.exceptions import _TunerExitException
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
+from callbacks.run_dir import run_dir
 from lit_cv.lr_range_test import (
     SUPPORTED_METHODS,
     SUPPORTED_STEP_MODES,
@@ -216,10 +217,10 @@ class LRRangeTest(Callback):
         result = self.result
         if result is None:
             return
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        out_dir = run_dir(trainer)
         self.paths = {
-            "json": result.save_json(run_dir / f"{self.filename}.json"),
-            "png": result.save_png(run_dir / f"{self.filename}.png"),
+            "json": result.save_json(out_dir / f"{self.filename}.json"),
+            "png": result.save_png(out_dir / f"{self.filename}.png"),
         }
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)

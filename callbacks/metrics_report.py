@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.run_dir import run_dir
+
 
 def _to_number(value: Any) -> float | None:
     if isinstance(value, torch.Tensor):
@@ -146,11 +148,6 @@ class MetricsReport(Callback):
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._report(trainer, pl_module, "test")
 
-    def _run_dir(self, trainer: Trainer) -> Path:
-        # Not `trainer.log_dir`: it broadcasts from rank 0, a collective that hangs when only rank 0 calls it (DDP).
-        logger = trainer.loggers[0] if trainer.loggers else None
-        return Path(getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or trainer.default_root_dir)
-
     @rank_zero_only
     def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         from rich.console import Console
@@ -159,7 +156,7 @@ class MetricsReport(Callback):
         if stage == "fit":
             report["fit_seconds"] = round(self.fit_seconds, 3)
             report["history"] = self.history
-        self.last_path = write_metrics_json(self._run_dir(trainer) / self.filename, stage, report)
+        self.last_path = write_metrics_json(run_dir(trainer) / self.filename, stage, report)
         console = Console()
         console.print(render_table(stage, report))
         console.print(f"metrics written to {self.last_path}")

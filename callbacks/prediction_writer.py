@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from callbacks.run_dir import run_dir
+
 
 def prediction_rows(outputs: Sequence[dict[str, torch.Tensor]], class_names: Sequence[str]) -> list[dict[str, Any]]:
     """Flatten ``Classifier.predict_step`` outputs into one dict per sample (index, prediction, probabilities)."""
@@ -54,7 +56,7 @@ class PredictionWriter(BasePredictionWriter):
         name = self.filename
         if trainer.world_size > 1:
             name = name.replace(".csv", f"_rank{trainer.global_rank}.csv")
-        path = Path(trainer.log_dir or trainer.default_root_dir) / name
+        path = run_dir(trainer) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["index"])

@@ -77,9 +77,9 @@ class TabularEncoder:
         return cls(**{k: state[k] for k in ("binary", "categories", "means", "stds")})
 
 
-def find_bank_file(data_dir_or_file: str | Path) -> Path:
+def find_bank_file(data_dir: str | Path) -> Path:
     """The CSV to read: the path itself, or the first of ``FILE_NAMES`` inside the folder."""
-    path = Path(data_dir_or_file).expanduser()
+    path = Path(data_dir).expanduser()
     if path.is_file():
         return path
     for name in FILE_NAMES:
@@ -120,7 +120,7 @@ class BankMarketingDataModule(LightningDataModule):
     use the validation split. The fitted encoding is kept in ``state_dict()`` (the checkpoint).
 
     Args:
-        data_dir_or_file: a bank marketing CSV, or a folder holding ``bank.csv``, ``bank-full.csv`` or
+        data_dir: a bank marketing CSV, or a folder holding ``bank.csv``, ``bank-full.csv`` or
             ``bank-additional-full.csv`` (the first found).
         batch_size: samples per batch.
         num_workers: DataLoader workers (``None``: 0, the data are in-memory tensors).
@@ -133,12 +133,12 @@ class BankMarketingDataModule(LightningDataModule):
 
         data:
           class_path: datamodules.BankMarketingDataModule
-          init_args: {data_dir_or_file: data/bank, batch_size: 64, drop_duration: true}
+          init_args: {data_dir: data/bank, batch_size: 64, drop_duration: true}
     """
 
     def __init__(
         self,
-        data_dir_or_file: str | Path,
+        data_dir: str | Path,
         batch_size: int = 64,
         num_workers: int | None = None,
         val_split: float = 0.2,
@@ -151,7 +151,7 @@ class BankMarketingDataModule(LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.save_hyperparameters()
-        self.data_dir = Path(data_dir_or_file).expanduser()
+        self.data_dir = Path(data_dir).expanduser()
         self.num_classes = 2
         self.class_names = ["no", "yes"]
         self.encoder: TabularEncoder | None = None

@@ -264,7 +264,15 @@ class ImageFolderDataModule(LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if num_workers is not None and num_workers < 0:
             raise ValueError(f"num_workers must be >= 0 or None (auto), got {num_workers}.")
+        base_args = {
+            "data_dir": data_dir, "batch_size": batch_size, "num_workers": num_workers, "image_size": image_size,
+            "augment": augment, "normalize": normalize, "cache": cache, "seed": seed, "cache_dir": cache_dir,
+            "download": download,
+        }
         self.save_hyperparameters()
+        # Built by LightningCLI, the saved hparams are the subclass's parsed config, which omits base arguments a
+        # subclass fixes (MNIST's cache); the base reads all of them from hparams.
+        self.hparams.update({k: v for k, v in base_args.items() if k not in self.hparams})
         self.data_dir = Path(data_dir).expanduser()
         self.num_classes = len(self.CLASS_NAMES)
         self.class_names = list(self.CLASS_NAMES)

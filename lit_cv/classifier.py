@@ -203,7 +203,10 @@ class Classifier(LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_confusion = build_confusion_matrix(task, num_classes)
         self.test_confusion = build_confusion_matrix(task, num_classes)
+        # Best validation accuracy so far; saved in checkpoints so a resumed run keeps it. Sanity-check
+        # validation never updates it (see on_validation_epoch_end).
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
         # Last computed confusion matrix per stage (rows = true class): read by reports and the per-class table.
         self.confusion: dict[str, torch.Tensor] = {}
 
@@ -251,8 +254,13 @@ class Classifier(LightningModule):
         self.log("train/batch_loss", loss, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch_size)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Computed once per epoch (synchronised across ranks by torchmetrics) rather than logged as metric objects
+        # every step: on small nets per-step logging costs more than the step itself.
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, probs, y = self._shared_step(batch)
@@ -291,10 +299,6 @@ class Classifier(LightningModule):
         rank_zero_info(f"Parameters: {total:,} total, {trainable:,} trainable ({total - trainable:,} frozen)")
         for logger in self.loggers:
             logger.log_metrics(self.param_counts, step=self.global_step)
-
-    def on_train_start(self) -> None:
-        # The sanity check ran validation once; its numbers must not count towards the best accuracy.
-        self.val_acc_best.reset()
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()

@@ -18,10 +18,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="needs CUDA")
     skip_data = pytest.mark.skip(reason=f"real data folder {SHARED_DATA} is absent")
     for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
-        if "real_data" in item.keywords and not SHARED_DATA.is_dir():
+        if item.get_closest_marker("real_data") is not None and not SHARED_DATA.is_dir():
             item.add_marker(skip_data)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests run tiny convolutions: one intra-op thread avoids 10-15x slowdowns when other processes share the
+    two cores (torch's threads then spin against each other). Subprocess runs are not affected."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

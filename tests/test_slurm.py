@@ -227,6 +227,8 @@ def test_sbatch_script_runs_a_resumable_fit_that_parses(
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["logger"]["init_args"]["version"] == "slurm-77"  # log directory per job id
     assert (config["ckpt_path"], config["trainer"]["max_epochs"], config["trainer"]["strategy"]) == ("last", 3, "ddp")
+    (slurm,) = [p for p in config["trainer"]["plugins"] if p["class_path"].endswith(".SLURMEnvironment")]
+    assert slurm["init_args"]["auto_requeue"] is True
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """``lit-cv download NAME --data-dir DIR``: fetch and verify a dataset (e.g. on a cluster's login node).
 
-Afterwards ``fit`` works offline with ``data.init_args.data_dir: DIR`` (``data_dir_or_file`` for bank).
+Afterwards ``fit`` works offline with ``data.init_args.data_dir: DIR`` (``data_dir`` for bank).
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def test_cli_links_num_features_into_the_mlp(tmp_path, monkeypatch):
     args = [
         "--config",
         str(REPO / "configs" / "bank_mlp_plain.yaml"),
-        f"--data.init_args.data_dir_or_file={path}",
+        f"--data.init_args.data_dir={path}",
         "--trainer.logger=false",
     ]
     cli = LitCVCLI(args=args, run=False)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT
 
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")

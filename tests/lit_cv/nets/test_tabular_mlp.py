@@ -56,7 +56,7 @@ def test_cli_links_in_features_from_the_bank_datamodule(tmp_path, monkeypatch, n
         args=[
             "--config",
             str(CONFIGS / f"bank_mlp_{name}.yaml"),
-            "--data.init_args.data_dir_or_file",
+            "--data.init_args.data_dir",
             str(csv),
         ],
         run=False,
