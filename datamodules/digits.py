@@ -32,9 +32,6 @@ class DigitsDataModule(LightningDataModule):
           init_args: {batch_size: 32, image_size: 28}
     """
 
-    num_classes = 10
-    class_names = [str(i) for i in range(10)]
-
     def __init__(
         self,
         batch_size: int = 32,
@@ -51,6 +48,8 @@ class DigitsDataModule(LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.save_hyperparameters()
+        self.num_classes = 10
+        self.class_names = [str(i) for i in range(10)]
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import fake_data
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
+
 from lit_cv.cli import LitCVCLI
 
 CONFIGS = sorted(p for p in (REPO_ROOT / "configs").glob("*.yaml"))
