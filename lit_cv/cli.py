@@ -92,6 +92,8 @@ class LitCVCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":  # `--ckpt_path last` continues the newest run in its own version directory
             reuse_last_version(self.config["fit"])
+        if self.subcommand is not None:
+            skip_pretrained_download(self.config[self.subcommand])
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -103,6 +105,16 @@ class LitCVCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         kwargs.setdefault("callbacks", callbacks)
         return super().instantiate_trainer(**kwargs)
+
+
+def skip_pretrained_download(config: Any) -> None:
+    """With ``ckpt_path`` the checkpoint's weights replace the net's right after it is built, so a net that would
+    fetch pretrained weights (``TransferNet(pretrained: true)``) is built without them: resuming, validating,
+    testing or predicting from a checkpoint then works offline."""
+    net = config.get("model", {}).get("net") if config.get("ckpt_path") else None
+    init_args = getattr(net, "init_args", None)
+    if init_args is not None and init_args.get("pretrained") not in (None, False):
+        init_args["pretrained"] = False
 
 
 def _description() -> str:
