@@ -131,16 +131,16 @@ def _load_command(target: str) -> Callable[[list[str]], Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lit-cv`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in EXTRA_COMMANDS:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in EXTRA_COMMANDS:
         # The command parses its own argv; LightningCLI(args=...) inside it must not also see sys.argv.
         saved, sys.argv = sys.argv, sys.argv[:1]
         try:
-            code = _load_command(EXTRA_COMMANDS[argv[0]])(argv[1:])
+            code = _load_command(EXTRA_COMMANDS[args[0]])(args[1:])
         finally:
             sys.argv = saved
         return int(code or 0)
-    LitCVCLI(args=argv)
+    LitCVCLI(args=argv)  # None: LightningCLI reads sys.argv itself (no "args and sys.argv both given" warning)
     return 0
 
 
