@@ -124,7 +124,8 @@ def _lit_cv(args: list[str], log: Path) -> tuple[int, float]:
     """Run ``lit-cv ARGS`` in a subprocess, output to ``log``; returns (exit code, wall seconds)."""
     start = time.perf_counter()
     with log.open("w") as handle:
-        code = subprocess.run([sys.executable, "-m", "lit_cv.cli", *args], cwd=REPO, env=_env(), stdout=handle,
+        code = subprocess.run(  # noqa: PLW1510 - exit code is returned
+            [sys.executable, "-m", "lit_cv.cli", *args], cwd=REPO, env=_env(), stdout=handle,
                               stderr=subprocess.STDOUT).returncode
     return code, time.perf_counter() - start
 

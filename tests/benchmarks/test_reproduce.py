@@ -57,7 +57,7 @@ def test_rows_carry_metrics_commands_and_course_figures(quick_results):
 
 
 def test_markdown_table_lists_rows(quick_results):
-    data, markdown = quick_results
+    _, markdown = quick_results
     assert "QUICK SMOKE RUN" in markdown
     for name in ROWS:
         assert f"| {name} |" in markdown
