@@ -6,9 +6,7 @@ the validation and the test split, images are resized to 28x28 and normalised wi
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from datamodules.image_folder import CacheMode, FileSplit, ImageFolderDataModule
+from datamodules.image_folder import FileSplit, ImageFolderDataModule
 
 
 class RPSDataModule(ImageFolderDataModule):
@@ -35,32 +33,6 @@ class RPSDataModule(ImageFolderDataModule):
         "  DATA_DIR/rps/{paper,rock,scissors}/*.png            (train, 840 per class)\n"
         "  DATA_DIR/rps-test-set/{paper,rock,scissors}/*.png   (validation and test, 124 per class)"
     )
-
-    def __init__(
-        self,
-        data_dir: str | Path,
-        batch_size: int = 16,
-        num_workers: int | None = None,
-        image_size: int | None = 28,
-        augment: bool = False,
-        normalize: str = "train",
-        cache: CacheMode = "memory",
-        seed: int = 13,
-        cache_dir: str | Path | None = None,
-        download: bool = False,
-    ) -> None:
-        super().__init__(
-            data_dir,
-            batch_size,
-            num_workers,
-            image_size,
-            augment,
-            normalize,
-            cache,
-            seed,
-            cache_dir,
-            download,
-        )
 
     def _discover(self) -> dict[str, FileSplit]:
         train = self._class_tree(self.data_dir / "rps")
