@@ -3,19 +3,9 @@
     python benchmarks/capture_overhead.py [--steps 200] [--repeats 6] [--every 50] [--n-feature 32]
         [--threads N] [--out FILE]
 
-Trains the quickstart model (CNN2 on the bundled digits, 28x28, batch 32, Adam, TensorBoard logger) without
-and with ``GradientCapture(every_n_steps=--every)`` (all layers, histograms on: the defaults), the two back to
-back, ``--repeats`` times in one process (alternating which goes first). A step is ``on_train_batch_start`` ->
-``on_train_batch_end`` (forward, backward, optimizer step and the capture hooks). The first ``--every`` steps
-of each run are a warm-up (step 0 is a capture step); the next ``--steps`` are measured, so the window holds
-exactly ``steps / every`` captures. Two figures:
-
-- **in-run share** (robust on a shared machine): the time spent inside the capture's hooks (timed around
-  ``on_before_optimizer_step`` and the optimizer post-step hook) divided by the rest of the step time of the
-  same runs, so background load slows both sides alike;
-- **A/B**: ratio of the mean step time with and without the callback: the median over the back-to-back
-  pairs, and the ratio of each configuration's fastest run. Only meaningful on a quiet machine: other
-  processes move single runs by tens of percent.
+Trains the quickstart model (CNN2 on the bundled digits) without and with ``GradientCapture(every_n_steps=--every)``,
+back to back, ``--repeats`` times in one process, and prints the capture hooks' share of the step time and the A/B
+ratio of mean step times (see :func:`main`).
 """
 
 from __future__ import annotations
@@ -98,6 +88,20 @@ def run(steps: int, n_feature: int, every: int | None, log_dir: str) -> tuple[li
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure and print both figures; ``--out`` also writes them as JSON.
+
+    A step is ``on_train_batch_start`` -> ``on_train_batch_end`` (forward, backward, optimizer step and the capture
+    hooks). The first ``--every`` steps of each run are a warm-up (step 0 is a capture step); the next ``--steps``
+    are measured, so the window holds exactly ``steps / every`` captures. The two runs of a pair alternate which
+    goes first.
+
+    - **in-run share** (robust on a shared machine): the time spent inside the capture's hooks (timed around
+      ``on_before_optimizer_step`` and the optimizer post-step hook) divided by the rest of the step time of the
+      same runs, so background load slows both sides alike;
+    - **A/B**: ratio of the mean step time with and without the callback: the median over the back-to-back pairs,
+      and the ratio of each configuration's fastest run. Only meaningful on a quiet machine: other processes move
+      single runs by tens of percent.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--steps", type=int, default=200, help="measured steps per run (a multiple of --every)"

@@ -1,20 +1,4 @@
-"""Gradual unfreezing of a backbone: Lightning's ``BackboneFinetuning`` for lit-cv nets, resumable.
-
-Two differences from ``lightning.pytorch.callbacks.BackboneFinetuning``:
-
-- the backbone is found by an attribute path (default ``net.backbone``, the ``TransferNet`` of a ``Classifier``)
-  instead of requiring ``pl_module.backbone``;
-- resuming restores ``requires_grad`` of the parameters unfrozen before the checkpoint. Lightning's
-  ``setup()`` re-freezes the backbone on every fit and ``on_fit_start()`` only restores the optimizer's param groups,
-  so after the unfreeze epoch the backbone silently stops training (Lightning issue #21901, fix proposed in PR
-  #21902). Here the parameters of the param groups the callback added before the checkpoint are made trainable
-  again, so a resumed run has the requires_grad pattern and param groups it had when checkpointed.
-
-With ``train_bn: false`` the backbone's BatchNorm layers stay frozen and in eval mode for the whole run (before and
-after unfreezing), so their pretrained running statistics are kept; Lightning's own callback freezes them only
-after the unfreeze epoch and leaves them trainable-but-unoptimized then. With ``train_bn: true`` (the default) they
-train throughout, as in Lightning.
-"""
+"""Freeze a backbone, then unfreeze it at a chosen epoch and train it with a rising learning rate; resumable."""
 
 from __future__ import annotations
 
@@ -27,7 +11,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from lit_cv.nets.transfer import set_frozen_bn_eval
+
+def set_frozen_bn_eval(module: nn.Module) -> None:
+    """Put every BatchNorm layer of ``module`` whose parameters are all frozen into eval mode (running stats)."""
+    for m in module.modules():
+        params = list(m.parameters(recurse=False))
+        if isinstance(m, _BatchNorm) and params and not any(p.requires_grad for p in params):
+            m.eval()
 
 
 class _BackboneView:
@@ -39,6 +29,17 @@ class _BackboneView:
 
 class BackboneFinetuning(_LightningBackboneFinetuning):
     """Freeze the backbone until ``unfreeze_backbone_at_epoch``, then train it with a rising learning rate.
+
+    A drop-in replacement for Lightning's ``BackboneFinetuning`` that adds:
+
+    - the backbone is the module at ``backbone`` (default ``net.backbone``, the ``TransferNet`` of a ``Classifier``),
+      not necessarily ``pl_module.backbone``;
+    - a run resumed after the unfreeze epoch trains the backbone again: the parameters of the param groups this
+      callback added before the checkpoint are made trainable, so the resumed run has the ``requires_grad`` pattern
+      and param groups it had when checkpointed;
+    - with ``train_bn: false`` the backbone's BatchNorm layers stay frozen and in eval mode for the whole run (before
+      and after unfreezing), keeping their pretrained running statistics (:func:`set_frozen_bn_eval`). With
+      ``train_bn: true`` (the default) they train throughout, as in Lightning.
 
     All arguments of Lightning's ``BackboneFinetuning`` apply (``unfreeze_backbone_at_epoch``, ``lambda_func``,
     ``backbone_initial_ratio_lr``, ``backbone_initial_lr``, ``should_align``, ``initial_denom_lr``, ``train_bn``,
@@ -64,6 +65,7 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
     def __init__(self, *args: Any, backbone: str = "net.backbone", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.backbone_path = backbone
+        self._resuming = False  # a checkpoint's state was loaded and the next fit has not started yet
 
     def _backbone(self, pl_module: LightningModule) -> nn.Module:
         module: Any = pl_module
@@ -98,12 +100,16 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
             backbone.train()
         set_frozen_bn_eval(backbone)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._resuming = True
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         backbone = self._backbone(pl_module)
-        restarting = self._restarting
+        resuming, self._resuming = self._resuming, False
         created = [len(optimizer.param_groups) for optimizer in trainer.optimizers]
         BaseFinetuning.on_fit_start(self, trainer, pl_module)  # the parent only adds the `backbone` check
-        if restarting:
+        if resuming:  # Workaround, see docs/lightning-workarounds.md (Lightning #21901).
             self._restore_unfrozen(trainer, backbone, created)
 
     def _restore_unfrozen(self, trainer: Trainer, backbone: nn.Module, created: list[int]) -> None:

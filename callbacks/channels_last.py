@@ -1,4 +1,4 @@
-"""ChannelsLast: store the model's 4-D weights in NHWC ("channels last") memory format for faster convolutions."""
+"""Store the model's 4-D weights in NHWC ("channels last") memory format for faster convolutions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Compile: ``torch.compile`` the model's net in place before it runs."""
+"""Compile the model's net in place with ``torch.compile`` before it runs."""
 
 from __future__ import annotations
 
@@ -43,5 +43,7 @@ class Compile(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         target = getattr(pl_module, "net", pl_module)
-        if getattr(target, "_compiled_call_impl", None) is None:  # compile once across fit -> test
+        # Private torch attribute, set by nn.Module.compile (no public "is compiled" query): compile once across
+        # fit -> test.
+        if getattr(target, "_compiled_call_impl", None) is None:
             target.compile(**self.kwargs)

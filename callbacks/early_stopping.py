@@ -1,4 +1,4 @@
-"""EarlyStopping: Lightning's, plus the course's "restore the best weights" and a stop on a NaN loss."""
+"""Stop training when a monitored metric stops improving or the loss turns NaN; then restore the best weights."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
@@ -129,13 +130,15 @@ class EarlyStopping(_LightningEarlyStopping):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.check_finite or self._should_skip_check(trainer):
+        if not self.check_finite or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
         self._stop_on_non_finite_loss(trainer, loss, batch_idx)
 
+    # Overrides a private Lightning method: the one place both of Lightning's check hooks (validation end, train
+    # epoch end) go through.
     def _run_early_stopping_check(self, trainer: Trainer) -> None:
         if self.stopping_reason == EarlyStoppingReason.NON_FINITE_METRIC and trainer.should_stop:
             return  # stopped on a NaN loss: keep that reason, do not count this epoch

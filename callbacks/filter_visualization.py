@@ -1,9 +1,7 @@
-"""FilterVisualization: conv filters and the feature maps of a fixed validation batch as image grids.
+"""Log conv filters and the feature maps of a fixed validation batch as image grids (TensorBoard and PNG).
 
 The course's ``visualize_filters`` / ``visualize_outputs`` (Godoy, "Deep Learning with PyTorch Step-by-Step",
-chapter 5) as a callback: every ``every_n_epochs`` epochs and at the end of fit, each chosen ``Conv2d``
-layer's filters and its outputs on a fixed set of validation images go to TensorBoard (``add_image``) and to
-PNG files.
+chapter 5) as a callback.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torchvision.utils import make_grid
 
+from callbacks.figures import figure
 from callbacks.run_dir import run_dir
 
 GRID_PADDING = 2  # pixels between tiles (white)
@@ -120,33 +119,25 @@ def save_grid_png(
 
     ``rows`` / ``cols`` are ``(label, tile count, tile side in pixels)``; their tiles get index ticks.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     height, width = grid.shape[1:]
     fig_width = max(4.5, min(16.0, width / 50))
     fig_height = min(20.0, (fig_width - 0.8) * height / width + 1.0)
-    fig, ax = plt.subplots(figsize=(fig_width, fig_height))
-    # fixed margins in inches (title above, labels left and below): cheaper than tight_layout
-    fig.subplots_adjust(
-        left=0.65 / fig_width, right=1 - 0.15 / fig_width, bottom=0.6 / fig_height, top=1 - 0.4 / fig_height
-    )
-    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    for axis, spec, set_label in ((ax.xaxis, cols, ax.set_xlabel), (ax.yaxis, rows, ax.set_ylabel)):
-        if spec is None:
-            axis.set_ticks([])
-            continue
-        label, count, tile = spec
-        step = max(1, math.ceil(count / 16))  # at most ~16 tick labels
-        axis.set_ticks(tile_centres(count, tile)[::step], [str(i) for i in range(0, count, step)])
-        set_label(label)
-    ax.tick_params(labelsize=7, length=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, figsize=(fig_width, fig_height)) as (fig, ax):
+        # fixed margins in inches (title above, labels left and below): cheaper than tight_layout
+        fig.subplots_adjust(
+            left=0.65 / fig_width, right=1 - 0.15 / fig_width, bottom=0.6 / fig_height, top=1 - 0.4 / fig_height
+        )
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        for axis, spec, set_label in ((ax.xaxis, cols, ax.set_xlabel), (ax.yaxis, rows, ax.set_ylabel)):
+            if spec is None:
+                axis.set_ticks([])
+                continue
+            label, count, tile = spec
+            step = max(1, math.ceil(count / 16))  # at most ~16 tick labels
+            axis.set_ticks(tile_centres(count, tile)[::step], [str(i) for i in range(0, count, step)])
+            set_label(label)
+        ax.tick_params(labelsize=7, length=0)
     return path
 
 

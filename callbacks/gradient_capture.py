@@ -1,8 +1,7 @@
-"""GradientCapture: per-layer gradient norm, parameter norm, update/weight ratio and histograms every N steps.
+"""Log per-layer gradient norms, parameter norms, update/weight ratios and histograms every N optimizer steps.
 
 The course's ``capture_gradients`` / ``capture_parameters`` (Godoy, "Deep Learning with PyTorch Step-by-Step",
-chapter 5) as a callback: besides the TensorBoard scalars and histograms it can keep the raw gradients and
-parameters of chosen layers in memory and plot their evolution over training.
+chapter 5) as a callback; it can also keep the raw values of chosen layers and plot their evolution.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from callbacks.figures import pyplot, save
 from callbacks.run_dir import run_dir
 
 PERCENTILE_BANDS = ((0.05, 0.95), (0.25, 0.75))  # shaded bands of the evolution plot, outer to inner
@@ -88,13 +88,8 @@ def plot_history(
     with 25-75% and 5-95% percentile bands and the min/max as dotted lines. ``steps[layer]`` are the steps the
     layer was captured at; percentiles of tensors over a million values use an evenly strided subset
     (``torch.quantile``'s size limit)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [(layer, p_name) for layer, params in parameters.items() for p_name in params]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False, sharex=True)
+    fig, axes = pyplot().subplots(len(rows), 2, figsize=(11, 2.3 * len(rows) + 0.6), squeeze=False, sharex=True)
     for row, (layer, p_name) in enumerate(rows):
         for col, (kind, store) in enumerate((("gradient", gradients), ("value", parameters))):
             ax = axes[row, col]
@@ -345,16 +340,12 @@ class GradientCapture(Callback):
 
     @rank_zero_only
     def _plot(self, trainer: Trainer) -> None:
-        import matplotlib.pyplot as plt
-
         title = f"GradientCapture: distribution over training (captured every {self.every_n_steps} steps)"
         fig = plot_history(self.captured_steps, self.gradients, self.parameters, title=title)
-        path = run_dir(trainer) / "gradient_capture" / "evolution.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
+        path = save(fig, run_dir(trainer) / "gradient_capture" / "evolution.png", close=False)
         for writer in _histogram_writers(trainer):
             writer.add_figure("gradient_capture/evolution", fig, global_step=trainer.global_step, close=False)
-        plt.close(fig)
+        pyplot().close(fig)
         self.plot_path = path
 
     def _remove_hooks(self) -> None:

@@ -1,4 +1,4 @@
-"""MetricsReport: the final metrics of a run as a printed table, ``metrics.json`` and TensorBoard HPARAMS."""
+"""Report the final metrics of a run as a printed table, ``metrics.json`` and TensorBoard HPARAMS."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def _to_number(value: Any) -> float | None:
     return None
 
 
+def per_class_counts(confusion: torch.Tensor, class_names: list[str]) -> dict[str, dict[str, int]]:
+    """``{class: {"correct": n, "total": m}}`` from a confusion matrix (rows = true class, cols = predicted)."""
+    confusion = confusion.detach().cpu().long()
+    return {
+        name: {"correct": int(confusion[i, i]), "total": int(confusion[i].sum())}
+        for i, name in enumerate(class_names)
+    }
+
+
 def collect_metrics(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
     """Scalar metrics logged so far (``trainer.callback_metrics``) plus per-class counts and run facts.
 
@@ -40,8 +49,6 @@ def collect_metrics(trainer: Trainer, pl_module: LightningModule) -> dict[str, A
     confusion = getattr(pl_module, "confusion", {})
     class_names = getattr(pl_module, "class_names", None)
     if confusion and class_names:
-        from lit_cv.classifier import per_class_counts
-
         report["per_class"] = {stage: per_class_counts(cm, class_names) for stage, cm in confusion.items()}
     report["epoch"] = trainer.current_epoch
     report["global_step"] = trainer.global_step
@@ -94,6 +101,10 @@ class MetricsReport(Callback):
     the checkpoint so a resumed run continues it. After ``fit`` the
     hyperparameters go to TensorBoard's HPARAMS tab together with the final validation metrics (``hp/...``), so runs
     compare side by side. Rank zero only. The ``lit-cv`` CLI adds this callback to every run.
+
+    Per-class ``correct / total`` counts are read from two attributes of the LightningModule, when it has them
+    (``lit_cv.Classifier`` does): ``confusion`` (``{stage: confusion matrix}``, rows = true class) and
+    ``class_names``.
 
     Args:
         filename: name of the JSON file in ``trainer.log_dir``.
@@ -156,9 +167,11 @@ class MetricsReport(Callback):
         if stage == "fit":
             report["fit_seconds"] = round(self.fit_seconds, 3)
             report["history"] = self.history
-        self.last_path = write_metrics_json(run_dir(trainer) / self.filename, stage, report)
         console = Console()
         console.print(render_table(stage, report))
+        if trainer.fast_dev_run:  # a debug run: like Lightning's loggers and checkpoints, no files
+            return
+        self.last_path = write_metrics_json(run_dir(trainer) / self.filename, stage, report)
         console.print(f"metrics written to {self.last_path}")
 
     @rank_zero_only

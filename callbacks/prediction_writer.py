@@ -1,4 +1,4 @@
-"""PredictionWriter: ``predict`` results as a CSV of class probabilities and predicted labels."""
+"""Write ``predict`` results as a CSV of class probabilities and predicted labels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RNGState: keep the random number generators in the checkpoint, so a resumed run draws what the original would."""
+"""Save the random number generator states in checkpoints and restore them on resume."""
 
 from __future__ import annotations
 
@@ -38,10 +38,9 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class RNGState(Callback):
     """Saves the random number generator states with every checkpoint and restores them on resume.
 
-    Lightning checkpoints hold weights, optimizer, schedulers, loops and callback states, but not the generators that
-    draw the shuffle order, augmentations and dropout masks. Without them, a run resumed from an end-of-epoch
-    checkpoint continues differently from the same run left uninterrupted. The states are put back after the
-    resumed run's sanity check (which draws from them too), right before the training data are iterated, so on
+    Python's ``random``, NumPy and torch (CPU and CUDA) draw the shuffle order, augmentations and dropout masks;
+    with their states in the checkpoint a resumed run draws what the uninterrupted run would. They are put back
+    after the resumed run's sanity check (which draws from them too), right before the training data are iterated, so on
     deterministic kernels the resumed run reproduces the uninterrupted one bit for bit. A checkpoint saved in the
     middle of an epoch resumes correctly but not bit-exactly (the interrupted epoch's remaining batches are reshuffled).
     The ``lit-cv`` CLI adds this callback to every run.

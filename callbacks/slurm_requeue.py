@@ -1,40 +1,117 @@
-"""SLURMRequeue: on SLURM's warning signal, checkpoint at the next batch boundary and requeue the job."""
+"""Checkpoint and requeue a SLURM job before its time limit; read the job id and node count from the environment."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_cv.slurm import requeue_job, slurm_job_id
-
 log = logging.getLogger(__name__)
+
+# SLURM_JOB_NAME values for which Lightning treats the allocation as interactive (no SLURMEnvironment).
+INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+# How to continue by hand when the requeue failed (the scripts name the log directory after the job id).
+RESUBMIT_HINT = "resubmit with `--trainer.logger.init_args.version slurm-{job_id}` appended to continue from it"
+
+
+def slurm_job_id() -> str | None:
+    """The id ``scontrol requeue`` needs: ``<array job>_<task>`` for array jobs, else ``SLURM_JOB_ID``."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job is not None and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_job(job_id: str, timeout: float = 60.0) -> bool:
+    """Run ``scontrol requeue JOB_ID``; log the outcome and return whether SLURM accepted it.
+
+    Never raises and never blocks longer than ``timeout`` seconds: a missing ``scontrol`` (typical inside
+    containers), a non-zero exit or a hung controller are logged as errors with the fix, and ``False`` is returned.
+    """
+    if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job_id):
+        log.error(f"Not requeueing: {job_id!r} is not a SLURM job id (expected digits, or <array>_<task>).")
+        return False
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:  # Workaround, see docs/lightning-workarounds.md (Lightning #21404).
+        log.error(
+            f"Cannot requeue SLURM job {job_id}: `scontrol` is not on PATH inside the job (common in containers, "
+            "Lightning issue #21404). The checkpoint was saved; " + RESUBMIT_HINT.format(job_id=job_id)
+            + ", or make scontrol available in the container (bind-mount it and the SLURM config)."
+        )
+        return False
+    try:
+        result = subprocess.run(
+            [scontrol, "requeue", job_id], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.error(f"Requeueing SLURM job {job_id} failed: {error}; " + RESUBMIT_HINT.format(job_id=job_id) + ".")
+        return False
+    if result.returncode != 0:
+        log.error(
+            f"`scontrol requeue {job_id}` exited with {result.returncode}: {result.stderr.strip()}. "
+            "Does the job allow requeueing (`#SBATCH --requeue`)? Else " + RESUBMIT_HINT.format(job_id=job_id) + "."
+        )
+        return False
+    log.info(f"Requeued SLURM job {job_id}; it will resume from the checkpoint when it restarts.")
+    return True
+
+
+def launched_by_srun() -> bool:
+    """True when this process is a task started by ``srun`` in a batch job (Lightning's SLURMEnvironment test)."""
+    return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in INTERACTIVE_JOB_NAMES
+
+
+def num_nodes_from_env() -> int:
+    """Number of nodes of the job this process belongs to: ``SLURM_NNODES`` under ``srun``, ``WORLD_SIZE //
+    LOCAL_WORLD_SIZE`` under ``torchrun``, else 1. Lightning requires ``trainer.num_nodes`` to match exactly."""
+    if launched_by_srun():
+        return int(os.environ.get("SLURM_NNODES", "1"))
+    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
+        return max(1, int(os.environ["WORLD_SIZE"]) // int(os.environ["LOCAL_WORLD_SIZE"]))
+    return 1
+
+
+def cluster_environment(trainer: Trainer) -> ClusterEnvironment | None:
+    """The cluster environment plugin the Trainer runs under (``SLURMEnvironment`` in an ``srun`` job step)."""
+    # Private: `trainer.strategy.cluster_environment` exists on parallel strategies only; a one-task job step runs
+    # a SingleDeviceStrategy, and the connector (what Lightning's own signal handling reads) covers both.
+    return trainer._accelerator_connector.cluster_environment
 
 
 class SLURMRequeue(Callback):
-    """Preemption-safe SLURM auto-requeue, active when Lightning runs under ``SLURMEnvironment(auto_requeue=True)``
-    (its default whenever a job step is started with ``srun``); otherwise it does nothing.
+    """On SLURM's requeue signal, save ``last.ckpt`` at the next batch boundary and requeue the job.
 
-    SLURM sends the requeue signal (``#SBATCH --signal=SIGUSR1@90``: SIGUSR1 90 s before the time limit). The handler
-    installed here only sets a flag, so Lightning does not install its own handler, which would checkpoint and run
-    ``scontrol`` inside the signal handler (Lightning #21406). At the next training or validation batch boundary all
-    ranks agree on the flag, save ``last.ckpt`` in the checkpoint directory (where ``lit-cv fit --ckpt_path last``
-    looks), then rank 0 runs ``scontrol requeue <job id>`` and training stops. A SIGTERM that arrives before that
-    (Lightning #20542) does not cancel it: this callback's check runs before Lightning's SIGTERM exit; a SIGTERM alone
-    (time limit without warning, ``scancel``) saves the checkpoint but does not requeue. A missing ``scontrol``
-    (containers, Lightning #21404) is logged with the fix; training then continues until SLURM stops it.
+    Active when the Trainer runs under ``SLURMEnvironment(auto_requeue=True)`` (Lightning's default for a job step
+    started with ``srun``); otherwise it does nothing. SLURM sends the signal before the time limit
+    (``#SBATCH --signal=SIGUSR1@90``). The signal handlers only set a flag. At the next training or validation batch
+    all ranks agree, save ``last.ckpt`` in the checkpoint directory (where ``lit-cv fit --ckpt_path last`` looks),
+    rank 0 runs ``scontrol requeue <job id>`` (:func:`requeue_job`) and training stops. A SIGTERM that arrives in
+    between does not cancel this; a SIGTERM alone (``scancel``, a time limit without warning) saves the checkpoint
+    without requeueing. A failed requeue is logged with the fix, and training continues until SLURM stops it.
 
     Args:
         timeout: seconds to wait for ``scontrol requeue`` before giving up.
 
+    Raises:
+        ValueError: for a ``timeout`` <= 0.
+
     Example (the ``lit-cv`` CLI adds this callback to every run; for a plain Trainer)::
+
+        trainer:
+          callbacks:
+            - class_path: callbacks.SLURMRequeue
+              init_args: {timeout: 60}
 
         trainer = Trainer(callbacks=[SLURMRequeue()], plugins=[SLURMEnvironment(auto_requeue=True)])
     """
@@ -52,8 +129,9 @@ class SLURMRequeue(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        environment = trainer._accelerator_connector.cluster_environment
+        environment = cluster_environment(trainer)
         if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            # Workaround, see docs/lightning-workarounds.md (Lightning #21406).
             # Runs before Lightning registers its handlers; seeing ours, it skips its own requeue handler.
             self._install({environment.requeue_signal or signal.SIGUSR1: self._on_requeue_signal,
                            signal.SIGTERM: self._on_sigterm})
@@ -97,6 +175,7 @@ class SLURMRequeue(Callback):
     def _maybe_preempt(self, trainer: Trainer) -> None:
         if not self._original_handlers or self.checkpoint_path is not None:
             return
+        # Workaround, see docs/lightning-workarounds.md (Lightning #20542): checked before Lightning's SIGTERM exit.
         local = self.requeue_requested or self.terminate_requested
         if not trainer.strategy.reduce_boolean_decision(local, all=False):
             return

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from datamodules.loaders import DataLoadersMixin, check_loader_args
+from datamodules.splits import check_val_split, stratified_split
 
 TARGETS = ("deposit", "y")  # Kaggle, UCI
 FILE_NAMES = ("bank.csv", "bank-full.csv", "bank-additional-full.csv")  # looked up in this order in a folder
@@ -111,7 +114,7 @@ def read_bank_csv(path: Path) -> tuple[Any, str]:
     return frame, target
 
 
-class BankMarketingDataModule(LightningDataModule):
+class BankMarketingDataModule(DataLoadersMixin, LightningDataModule):
     """Bank marketing as float32 feature vectors and labels no=0, yes=1.
 
     Preprocessing, fitted on the train split only: yes/no columns -> 0/1; other text columns one-hot with the
@@ -136,6 +139,8 @@ class BankMarketingDataModule(LightningDataModule):
           init_args: {data_dir: data/bank, batch_size: 64, drop_duration: true}
     """
 
+    TEST_SPLIT = "val"
+
     def __init__(
         self,
         data_dir: str | Path,
@@ -146,10 +151,8 @@ class BankMarketingDataModule(LightningDataModule):
         seed: int = 13,
     ) -> None:
         super().__init__()
-        if not 0.0 < val_split < 1.0:
-            raise ValueError(f"val_split must be in (0, 1), got {val_split}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        check_val_split(val_split)
+        check_loader_args(batch_size, num_workers)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir).expanduser()
         self.num_classes = 2
@@ -178,21 +181,16 @@ class BankMarketingDataModule(LightningDataModule):
     def _prepare(self) -> None:
         if self._frames:
             return
-        from sklearn.model_selection import train_test_split
-
         path = find_bank_file(self.data_dir)
         frame, self._target = read_bank_csv(path)
         if self.hparams.drop_duration and "duration" in frame.columns:
             frame = frame.drop(columns="duration")
-        train, val = train_test_split(
-            frame,
-            test_size=self.hparams.val_split,
-            random_state=self.hparams.seed,
-            stratify=frame[self._target],
+        train, val = stratified_split(
+            frame[self._target].to_numpy(), self.hparams.val_split, self.hparams.seed
         )
-        self._frames = {"train": train, "val": val}
+        self._frames = {"train": frame.iloc[train], "val": frame.iloc[val]}
         if self.encoder is None:
-            self.encoder = TabularEncoder.fit(train.drop(columns=self._target))
+            self.encoder = TabularEncoder.fit(self._frames["train"].drop(columns=self._target))
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -216,28 +214,3 @@ class BankMarketingDataModule(LightningDataModule):
         self.encoder = TabularEncoder.from_state_dict(state_dict["encoder"])
         if self.datasets:  # Lightning restores after setup(): re-encode with the checkpoint's numbers
             self._encode()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            raise RuntimeError("BankMarketingDataModule.setup() must run before asking for a dataloader.")
-        workers = self.hparams.num_workers or 0
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)

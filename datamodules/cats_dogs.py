@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datamodules.image_folder import CacheMode, FileSplit, ImageFolderDataModule, stratified_split
+from datamodules.image_cache import CacheMode
+from datamodules.image_folder import FileSplit, ImageFolderDataModule
+from datamodules.splits import check_val_split, stratified_split
 
 ALIASES = {"cat": ("cats",), "dog": ("dogs",)}
 
@@ -25,7 +27,8 @@ class CatsDogsDataModule(ImageFolderDataModule):
     Images are resized so the shorter side is ``resize_size`` (default ``round(image_size * 255 / 224)``: the
     course's 255 for 224) and centre-cropped to ``image_size``. ``cache: disk`` (the default) decodes the JPEGs once
     into a memory-mapped ``.npy`` (about 150 kB per image at 224 px); ``memory`` suits small subsets. Other
-    arguments: see :class:`~datamodules.image_folder.ImageFolderDataModule`.
+    arguments: see :class:`~datamodules.image_folder.ImageFolderDataModule` and
+    :class:`~datamodules.image_datamodule.ImageDataModule`.
 
     Example::
 
@@ -58,13 +61,11 @@ class CatsDogsDataModule(ImageFolderDataModule):
         cache_dir: str | Path | None = None,
         download: bool = False,
     ) -> None:
-        if not 0.0 < val_split < 1.0:
-            raise ValueError(f"val_split must be in (0, 1), got {val_split}.")
+        check_val_split(val_split)
         if resize_size is not None and image_size is not None and resize_size < image_size:
             raise ValueError(
                 f"resize_size ({resize_size}) must be >= image_size ({image_size}) for the centre crop."
             )
-        self._resize_override = resize_size
         super().__init__(
             data_dir,
             batch_size,
@@ -79,25 +80,24 @@ class CatsDogsDataModule(ImageFolderDataModule):
         )
 
     def _resize_for(self, crop: int) -> int:
-        return self._resize_override or round(crop * 255 / 224)
+        return self.hparams.resize_size or round(crop * 255 / 224)
 
     def _discover(self) -> dict[str, FileSplit]:
         root = self.data_dir
         if (root / "PetImages").is_dir():
-            return self._split(self._class_tree(root / "PetImages", ALIASES), None)
+            train, val = self._split(self._class_tree(root / "PetImages", ALIASES))
+            return {"train": train, "val": val, "test": val}
         if not (root / "train").is_dir():
             raise self._missing(f"Neither {str(root / 'train')!r} nor {str(root / 'PetImages')!r} exists")
         train = self._class_tree(root / "train", ALIASES)
-        val = self._class_tree(root / "validation", ALIASES) if (root / "validation").is_dir() else None
-        test = self._class_tree(root / "test", ALIASES) if (root / "test").is_dir() else None
-        splits = self._split(train, val)
-        if test is not None:
-            splits["test"] = test
-        return splits
+        if (root / "validation").is_dir():
+            val = self._class_tree(root / "validation", ALIASES)
+        else:
+            train, val = self._split(train)
+        test = self._class_tree(root / "test", ALIASES) if (root / "test").is_dir() else val
+        return {"train": train, "val": val, "test": test}
 
-    def _split(self, train: FileSplit, val: FileSplit | None) -> dict[str, FileSplit]:
-        if val is None:
-            train_idx, val_idx = stratified_split(train.labels, self.hparams.val_split, self.hparams.seed)
-            val = FileSplit([train.paths[i] for i in val_idx], [train.labels[i] for i in val_idx])
-            train = FileSplit([train.paths[i] for i in train_idx], [train.labels[i] for i in train_idx])
-        return {"train": train, "val": val, "test": val}
+    def _split(self, pool: FileSplit) -> tuple[FileSplit, FileSplit]:
+        """(train, val) of ``pool``: ``val_split`` of every class to validation (stratified, seeded)."""
+        train_idx, val_idx = stratified_split(pool.labels, self.hparams.val_split, self.hparams.seed)
+        return pool.subset(train_idx.tolist()), pool.subset(val_idx.tolist())

@@ -9,10 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from datamodules.loaders import DataLoadersMixin, check_loader_args
+from datamodules.splits import check_val_split
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(DataLoadersMixin, LightningDataModule):
     """Digits 0-9 from ``sklearn.datasets.load_digits``, 1 x image_size x image_size, scaled to [0, 1].
 
     The train/validation split is a seeded random split; ``test`` and ``predict`` use the validation split
@@ -32,6 +35,8 @@ class DigitsDataModule(LightningDataModule):
           init_args: {batch_size: 32, image_size: 28}
     """
 
+    TEST_SPLIT = "val"
+
     def __init__(
         self,
         batch_size: int = 32,
@@ -41,20 +46,25 @@ class DigitsDataModule(LightningDataModule):
         seed: int = 13,
     ) -> None:
         super().__init__()
-        if not 0.0 < val_split < 1.0:
-            raise ValueError(f"val_split must be in (0, 1), got {val_split}.")
+        check_val_split(val_split)
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8 (the digits are 8x8), got {image_size}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        check_loader_args(batch_size, num_workers)
         self.save_hyperparameters()
         self.num_classes = 10
         self.class_names = [str(i) for i in range(10)]
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def train_set(self) -> Dataset | None:
+        return self.datasets.get("train")
+
+    @property
+    def val_set(self) -> Dataset | None:
+        return self.datasets.get("val")
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.datasets:
             return
         from sklearn.datasets import load_digits
 
@@ -65,28 +75,7 @@ class DigitsDataModule(LightningDataModule):
         dataset = TensorDataset(images.clamp_(0.0, 1.0), torch.tensor(digits.target, dtype=torch.long))
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.hparams.seed))
         n_val = round(len(dataset) * self.hparams.val_split)
-        self.val_set = Subset(dataset, order[:n_val].tolist())
-        self.train_set = Subset(dataset, order[n_val:].tolist())
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("DigitsDataModule.setup() must run before asking for a dataloader.")
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        self.datasets = {
+            "train": Subset(dataset, order[n_val:].tolist()),
+            "val": Subset(dataset, order[:n_val].tolist()),
+        }

@@ -1,22 +1,26 @@
 """MNIST (LeCun, Cortes & Burges) as a LightningDataModule, from the IDX files or Kaggle's digit-recognizer CSV.
 
 1 x 28 x 28 grey digits scaled to [0, 1] and normalised; a seeded, stratified train/validation split; the official
-10,000-image test set for ``test``/``predict``.
+10,000-image test set for ``test``/``predict``. The IDX files are read by torchvision's reader.
 """
 
 from __future__ import annotations
 
 import gzip
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.image_folder import ImageFolderDataModule, SplitData, stratified_split
-from datamodules.normalization import fingerprint
+from datamodules.image_cache import CachedImages, fingerprint
+from datamodules.image_datamodule import ImageDataModule
+from datamodules.splits import check_val_split, stratified_split
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -24,28 +28,35 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 SUPPORTED_SOURCES = ("idx", "csv")
 SUPPORTED_TRAIN_FROM = ("train", "test")
+SPLIT_VERSION = "train_test_split"  # in the splits' cache keys: which images are where depends on the method
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (``.gz`` or uncompressed): magic ``0x0000 | dtype | ndim``, big-endian int32 dims, data."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise ValueError(f"{str(path)!r} is not an IDX file (bad magic number {data[:4].hex()}).")
-    ndim = data[3]
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
-    array = np.frombuffer(data, dtype=IDX_DTYPES[data[2]], offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{str(path)!r} is truncated: header says {shape}, found {array.size} values.")
-    return array.reshape(shape)
+def read_idx(path: str | Path, kind: Literal["images", "labels"] = "images") -> torch.Tensor:
+    """An MNIST IDX file (``.gz`` or uncompressed) read by torchvision's reader: ``kind="images"`` gives uint8
+    ``N x 28 x 28``, ``kind="labels"`` int64 ``N``.
+
+    Raises:
+        ValueError: not an IDX file of that kind, or truncated.
+    """
+    path, reader = Path(path), {"images": read_image_file, "labels": read_label_file}[kind]
+    try:
+        if path.suffix != ".gz":
+            return reader(str(path))
+        with gzip.open(path, "rb") as src, tempfile.NamedTemporaryFile(suffix=".idx") as plain:
+            shutil.copyfileobj(src, plain)  # torchvision's reader takes the path of an uncompressed file
+            plain.flush()
+            return reader(plain.name)
+    except (AssertionError, RuntimeError, TypeError, ValueError, KeyError, EOFError, gzip.BadGzipFile) as err:
+        # torchvision's reader checks the header with `assert`; a wrong size fails its final `view`
+        raise ValueError(
+            f"{str(path)!r} is not a complete IDX file of MNIST {kind}: truncated, or not in the IDX format "
+            f"({type(err).__name__}: {err})."
+        ) from err
 
 
-class MNISTDataModule(ImageFolderDataModule):
+class MNISTDataModule(ImageDataModule):
     """MNIST digits 0-9.
 
     Args:
@@ -107,19 +118,9 @@ class MNISTDataModule(ImageFolderDataModule):
             )
         if train_from not in SUPPORTED_TRAIN_FROM:
             raise ValueError(f"train_from={train_from!r} is not supported; use 'train' or 'test'.")
-        if not 0.0 < val_split < 1.0:
-            raise ValueError(f"val_split must be in (0, 1), got {val_split}.")
+        check_val_split(val_split)
         super().__init__(
-            data_dir,
-            batch_size,
-            num_workers,
-            image_size,
-            augment,
-            normalize,
-            "memory",
-            seed,
-            cache_dir,
-            download,
+            data_dir, batch_size, num_workers, image_size, augment, normalize, cache_dir, download
         )
 
     def _augmentation(self) -> Any:
@@ -133,87 +134,89 @@ class MNISTDataModule(ImageFolderDataModule):
             )
         super()._download()
 
-    def _raw_dir(self) -> Path:
-        for folder in (self.data_dir / "MNIST" / "raw", self.data_dir / "raw", self.data_dir):
-            if any((folder / (IDX_FILES["test_labels"] + ext)).is_file() for ext in ("", ".gz")):
-                return folder
-        raise self._missing(f"No MNIST IDX files found under {str(self.data_dir)!r}")
+    def _data_present(self) -> bool:
+        try:
+            self._csv_file() if self.hparams.source == "csv" else self._idx_files()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _csv_file(self) -> Path:
+        path = self.data_dir if self.data_dir.suffix == ".csv" else self.data_dir / "train.csv"
+        if not path.is_file():
+            raise self._missing(f"Kaggle digit-recognizer file {str(path)!r} does not exist")
+        return path
+
+    def _idx_files(self) -> dict[str, Path]:
+        """The IDX files this configuration reads (``train_*`` only with ``train_from: train``)."""
+        for raw in (self.data_dir / "MNIST" / "raw", self.data_dir / "raw", self.data_dir):
+            if any((raw / (IDX_FILES["test_labels"] + ext)).is_file() for ext in ("", ".gz")):
+                break
+        else:
+            raise self._missing(f"No MNIST IDX files found under {str(self.data_dir)!r}")
+        wanted = ["test_images", "test_labels"]
+        if self.hparams.train_from == "train":
+            wanted += ["train_images", "train_labels"]
+        return {what: self._idx_file(raw, what) for what in wanted}
 
     def _idx_file(self, raw: Path, what: str) -> Path:
         for ext in ("", ".gz"):
             if (raw / (IDX_FILES[what] + ext)).is_file():
                 return raw / (IDX_FILES[what] + ext)
-        hint = (
-            " (or set train_from='test' to train on a split of the 10,000 test images)"
-            if what == "train_images"
-            else ""
-        )
-        raise self._missing(f"{IDX_FILES[what]}[.gz] is missing in {str(raw)!r}{hint}")
-
-    def _to_split(self, images: np.ndarray, labels: np.ndarray, key: Any) -> SplitData:
-        tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1)  # a writable copy
-        if self.crop_size != tensor.shape[-1]:
-            tensor = TF.resize(tensor, [self.crop_size, self.crop_size], antialias=True)
-        return SplitData(
-            labels=torch.from_numpy(labels.astype(np.int64)), images=tensor, key=fingerprint(key)
+        hint = " (or set train_from='test' to train on a split of the 10,000 test images)"
+        raise self._missing(
+            f"{IDX_FILES[what]}[.gz] is missing in {str(raw)!r}{hint if what == 'train_images' else ''}"
         )
 
-    def _load_arrays(
-        self,
-    ) -> tuple[tuple[np.ndarray, np.ndarray, Any], tuple[np.ndarray, np.ndarray, Any] | None]:
-        """(train-pool images, labels, key), (test images, labels, key) or None when the test set is the pool."""
-        if self.hparams.source == "csv":
-            path = self.data_dir if self.data_dir.suffix == ".csv" else self.data_dir / "train.csv"
-            if not path.is_file():
-                raise self._missing(f"Kaggle digit-recognizer file {str(path)!r} does not exist")
-            import pandas as pd
+    def _read_csv(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        import pandas as pd
 
-            frame = pd.read_csv(path)
-            if "label" not in frame.columns or frame.shape[1] != 785:
-                raise ValueError(
-                    f"{str(path)!r} is not Kaggle's digit-recognizer train.csv (expected 785 columns "
-                    f"label,pixel0..pixel783; got {frame.shape[1]} columns starting {list(frame.columns[:3])})."
-                )
-            labels = frame.pop("label").to_numpy()
-            images = frame.to_numpy(dtype=np.uint8).reshape(-1, 28, 28)
-            return (images, labels, (str(path), path.stat().st_size)), None
-        raw = self._raw_dir()
-        test_files = [self._idx_file(raw, "test_images"), self._idx_file(raw, "test_labels")]
-        test = (
-            read_idx(test_files[0]),
-            read_idx(test_files[1]),
-            [(f.name, f.stat().st_size) for f in test_files],
-        )
-        if self.hparams.train_from == "test":
-            return test, None
-        train_files = [self._idx_file(raw, "train_images"), self._idx_file(raw, "train_labels")]
-        train = (
-            read_idx(train_files[0]),
-            read_idx(train_files[1]),
-            [(f.name, f.stat().st_size) for f in train_files],
-        )
-        return train, test
+        path = self._csv_file()
+        frame = pd.read_csv(path)
+        if "label" not in frame.columns or frame.shape[1] != 785:
+            raise ValueError(
+                f"{str(path)!r} is not Kaggle's digit-recognizer train.csv (expected 785 columns "
+                f"label,pixel0..pixel783; got {frame.shape[1]} columns starting {list(frame.columns[:3])})."
+            )
+        labels = torch.tensor(frame.pop("label").to_numpy(), dtype=torch.long)
+        images = torch.tensor(frame.to_numpy(dtype=np.uint8).reshape(-1, 28, 28))
+        return images, labels, (str(path), path.stat().st_size)
 
-    def _discover(self) -> dict[str, SplitData]:
-        (images, labels, key), test = self._load_arrays()
-        if len(images) != len(labels):
-            raise ValueError(f"MNIST images ({len(images)}) and labels ({len(labels)}) differ in number.")
+    def _read_idx_pair(self, files: dict[str, Path], prefix: str) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        images, labels = files[f"{prefix}_images"], files[f"{prefix}_labels"]
+        key = [(f.name, f.stat().st_size) for f in (images, labels)]
+        x, y = read_idx(images, "images"), read_idx(labels, "labels")
+        if len(x) != len(y):
+            raise ValueError(
+                f"MNIST {images.name} ({len(x)} images) and {labels.name} ({len(y)} labels) differ."
+            )
+        return x, y, key
+
+    def _cached(self, images: torch.Tensor, labels: torch.Tensor, key: Any) -> CachedImages:
+        images = images.unsqueeze(1)
+        if self.crop_size != images.shape[-1]:
+            images = TF.resize(images, [self.crop_size, self.crop_size], antialias=True)
+        return CachedImages(labels=labels, images=images.contiguous(), key=fingerprint(key))
+
+    def _load_splits(self) -> dict[str, CachedImages]:
+        """The train pool split into train/val (stratified, seeded); the official test set, or val without one."""
         hp = self.hparams
-        train_idx, val_idx = stratified_split(labels.tolist(), hp.val_split, hp.seed)
-        splits = {
-            "train": self._to_split(
-                images[train_idx], labels[train_idx], (key, "train", hp.val_split, hp.seed)
-            ),
-            "val": self._to_split(images[val_idx], labels[val_idx], (key, "val", hp.val_split, hp.seed)),
-        }
-        splits["test"] = (
-            splits["val"] if test is None else self._to_split(test[0], test[1], (test[2], "test"))
+        test = None
+        if hp.source == "csv":
+            images, labels, key = self._read_csv()
+        elif hp.train_from == "test":
+            images, labels, key = self._read_idx_pair(self._idx_files(), "test")
+        else:
+            files = self._idx_files()
+            images, labels, key = self._read_idx_pair(files, "train")
+            test = self._read_idx_pair(files, "test")
+        train_idx, val_idx = (
+            torch.from_numpy(i) for i in stratified_split(labels.numpy(), hp.val_split, hp.seed)
         )
+        tag = (key, hp.val_split, hp.seed, SPLIT_VERSION)
+        splits = {
+            "train": self._cached(images[train_idx], labels[train_idx], (*tag, "train")),
+            "val": self._cached(images[val_idx], labels[val_idx], (*tag, "val")),
+        }
+        splits["test"] = splits["val"] if test is None else self._cached(test[0], test[1], (test[2], "test"))
         return splits
-
-    def _data_present(self) -> bool:
-        try:
-            self._load_arrays()
-        except FileNotFoundError:
-            return False
-        return True

@@ -4,22 +4,13 @@
 of its pixels (in [0, 1]); both are then averaged over the images. The averaged per-image std is NOT the pooled std
 of all pixels (it leaves out the spread of the image means), so it is smaller than ``torch.std`` over the whole
 split; we keep the course's definition so numbers stay comparable with it. Validation and test images never enter.
-
-The statistics are cached as JSON in a cache folder (next to the data, or a user cache when the data folder is
-read-only; see :func:`resolve_cache_dir`) keyed by the train file list and the preprocessing, so every process and
-every later run (``validate``/``test``/``predict`` after a checkpoint reload) reads identical numbers.
+(:mod:`datamodules.image_cache` caches the numbers.)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import stat
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,8 +18,6 @@ import torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SUPPORTED_NORMALIZE = ("train", "imagenet", "none", "timm:<model_name>")
-CACHE_DIR_NAME = ".lit-cv-cache"  # created inside the data folder when it is writable
-USER_CACHE = Path(os.environ.get("LIT_CV_CACHE", Path.home() / ".cache" / "lit-cv"))
 
 
 @dataclass
@@ -58,6 +47,13 @@ class Normalization:
         if image.dtype == torch.uint8:  # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std
             return torch.addcmul(-mean / std, image.float(), 1.0 / (255.0 * std))
         return (image.float() - mean) / std
+
+    def describe(self) -> str:
+        """``train: mean [0.8502, ...], std [0.2089, ...]``, or ``none (scale to [0, 1] only)``."""
+        if self.mean is None or self.std is None:
+            return f"{self.method} (scale to [0, 1] only)"
+        fmt = lambda v: "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
+        return f"{self.method}: mean {fmt(self.mean)}, std {fmt(self.std)}"
 
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method, "mean": self.mean, "std": self.std}
@@ -130,80 +126,3 @@ def course_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tu
     if count == 0 or mean_sum is None or std_sum is None:
         raise ValueError("Cannot compute normalisation statistics from an empty train split.")
     return tuple((mean_sum / count).tolist()), tuple((std_sum / count).tolist()), count
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of JSON-serialisable ``parts`` (file lists, sizes, preprocessing settings)."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-    return digest[:20]
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
-            pass
-        return True
-    except OSError:
-        return False
-
-
-def _data_dir_writable(data_dir: Path) -> bool:
-    """Writable for us AND not marked read-only (``r-x``): root may write anywhere, but a shared read-only data
-    folder must stay untouched."""
-    try:
-        mode = data_dir.stat().st_mode
-    except OSError:
-        return False
-    return data_dir.is_dir() and os.access(data_dir, os.W_OK) and bool(stat.S_IMODE(mode) & 0o222)
-
-
-def resolve_cache_dir(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path | None:
-    """The folder for cached statistics and decoded tensors; never raises.
-
-    ``cache_dir`` if given and writable; else ``<data_dir>/.lit-cv-cache`` when the data folder is writable (and
-    not marked read-only); else
-    ``$LIT_CV_CACHE`` (default ``~/.cache/lit-cv``) / a hash of the data path; else the system temp folder.
-    ``None`` only when nothing is writable (then nothing is cached).
-    """
-    data_dir = Path(data_dir).expanduser().resolve()
-    candidates = []
-    if cache_dir is not None:
-        candidates.append(Path(cache_dir).expanduser())
-    if _data_dir_writable(data_dir):
-        candidates.append(data_dir / CACHE_DIR_NAME)
-    tag = f"{data_dir.name}-{hashlib.sha1(str(data_dir).encode()).hexdigest()[:10]}"
-    candidates += [USER_CACHE / tag, Path(tempfile.gettempdir()) / "lit-cv" / tag]
-    for folder in candidates:
-        if _writable(folder):
-            return folder
-    return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (readers never see half a file)."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
-
-
-def read_stats(path: Path | None) -> Normalization | None:
-    """Cached statistics at ``path`` or ``None`` when absent/unreadable."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        state = json.loads(path.read_text())
-        return Normalization("train", tuple(state["mean"]), tuple(state["std"]), extra=state)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def write_stats(path: Path | None, norm: Normalization, **info: Any) -> None:
-    """Cache ``norm`` as JSON at ``path``; a failed write is ignored (the numbers are recomputed next time)."""
-    if path is None:
-        return
-    try:
-        atomic_write_text(path, json.dumps({"mean": norm.mean, "std": norm.std, **info}, indent=1))
-    except OSError:
-        pass

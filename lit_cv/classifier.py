@@ -30,6 +30,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from callbacks.metrics_report import per_class_counts
 from lit_cv.schedules import build_optimizer_and_scheduler, step_scheduler
 
 Task = Literal["multiclass", "binary"]
@@ -88,18 +89,10 @@ def build_confusion_matrix(task: Task, num_classes: int) -> BinaryConfusionMatri
     return MulticlassConfusionMatrix(num_classes)
 
 
-def per_class_counts(confusion: torch.Tensor, class_names: list[str]) -> dict[str, dict[str, int]]:
-    """``{class: {"correct": n, "total": m}}`` from a confusion matrix (rows = true class, cols = predicted)."""
-    confusion = confusion.detach().cpu().long()
-    return {
-        name: {"correct": int(confusion[i, i]), "total": int(confusion[i].sum())}
-        for i, name in enumerate(class_names)
-    }
-
-
 def _built_by_cli() -> bool:
     """True while LightningCLI instantiates the module: it then supplies the parsed config as hparams, in which
     the net is a ``class_path`` dict, so ``load_from_checkpoint`` can rebuild it without being given the net."""
+    # Workaround, see docs/lightning-workarounds.md (LightningCLI hparams, Lightning #18105 / #20726)
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     return _given_hyperparameters.get() is not None
@@ -142,7 +135,7 @@ class Classifier(LightningModule):
             init_args: {lr: 3.0e-4}
           lr_scheduler:
             class_path: torch.optim.lr_scheduler.CyclicLR
-            init_args: {base_lr: 1.0e-3, max_lr: 1.0e-2, step_size_up: 100}
+            init_args: {base_lr: 1.0e-3, max_lr: 1.0e-2, step_size_up: 100, cycle_momentum: false}
           scheduler_interval: step
     """
 
@@ -332,11 +325,9 @@ class Classifier(LightningModule):
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_figure"):
             return
-        import matplotlib
+        from callbacks.figures import pyplot  # imported here: matplotlib only when a figure is drawn
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, _ = metric.plot(val=confusion, labels=self.class_names)
         experiment.add_figure(f"{stage}/confusion_matrix", fig, global_step=self.global_step)
         plt.close(fig)
@@ -344,7 +335,6 @@ class Classifier(LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        # CyclicLR on an optimizer without momentum (Adam, plain SGD) is rebuilt with cycle_momentum=False.
         optimizer, scheduler = build_optimizer_and_scheduler(
             self.optimizer_factory, self.lr_scheduler_factory, params
         )
@@ -368,6 +358,7 @@ class Classifier(LightningModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Lightning's stepping, except CosineAnnealingWarmRestarts with interval ``step``: it gets the course's
         fractional epoch ``epoch + batch_idx / batches_per_epoch`` (:func:`lit_cv.schedules.step_scheduler`)."""
+        # Workaround, see docs/lightning-workarounds.md (warm restarts per batch, Lightning #2849)
         interval = next(
             (c.interval for c in self.trainer.lr_scheduler_configs if c.scheduler is scheduler), "epoch"
         )

@@ -1,4 +1,4 @@
-"""The ``lit-cv`` command: LightningCLI with lit-cv's defaults, plus a few extra commands.
+"""The ``lit-cv`` command: LightningCLI wired with lit-cv's model, callbacks and defaults, plus extra commands.
 
 ``lit-cv fit|validate|test|predict --config X.yaml`` are LightningCLI subcommands; the extra commands in
 ``EXTRA_COMMANDS`` (dataset download, LR range test, schedule plot, ...) are dispatched before LightningCLI parses.
@@ -19,10 +19,9 @@ from callbacks.metrics_report import MetricsReport
 from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.rng_state import RNGState
-from callbacks.slurm_requeue import SLURMRequeue
+from callbacks.slurm_requeue import SLURMRequeue, num_nodes_from_env
 from lit_cv.classifier import Classifier
-from lit_cv.resume import reuse_last_version
-from lit_cv.slurm import num_nodes_from_env
+from lit_cv.resume import reuse_last_version, skip_pretrained_download
 
 SEED = 13
 RUNS_DIR = "runs"
@@ -47,6 +46,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "download": "lit_cv.commands.download:main",
     "lr-find": "lit_cv.commands.lr_find:main",
     "plot-schedule": "lit_cv.commands.plot_schedule:main",
+    "reproduce": "lit_cv.commands.reproduce:main",
 }
 
 
@@ -96,7 +96,7 @@ class LitCVCLI(LightningCLI):
             skip_pretrained_download(self.config[self.subcommand])
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={})
+        config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {})
         callbacks = list(config.get("callbacks") or [])
         callbacks += [MetricsReport(), PredictionWriter(), RNGState(), SLURMRequeue()]
         if config.get("enable_progress_bar", True) is not False and not any(
@@ -105,16 +105,6 @@ class LitCVCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         kwargs.setdefault("callbacks", callbacks)
         return super().instantiate_trainer(**kwargs)
-
-
-def skip_pretrained_download(config: Any) -> None:
-    """With ``ckpt_path`` the checkpoint's weights replace the net's right after it is built, so a net that would
-    fetch pretrained weights (``TransferNet(pretrained: true)``) is built without them: resuming, validating,
-    testing or predicting from a checkpoint then works offline."""
-    net = config.get("model", {}).get("net") if config.get("ckpt_path") else None
-    init_args = getattr(net, "init_args", None)
-    if init_args is not None and init_args.get("pretrained") not in (None, False):
-        init_args["pretrained"] = False
 
 
 def _description() -> str:

@@ -1,8 +1,5 @@
-"""BestMixedPrecision: ``bf16-mixed`` on GPUs that support bfloat16 (Ampere and newer), else ``16-mixed``.
-
-Lightning's ``precision`` flag is a fixed string; a config that must run on both A100s and V100s needs the choice at
-run time. This plugin makes it, once, when the Trainer is built (``configs/trainer/gpu.yaml`` uses it).
-"""
+"""Mixed precision chosen when the Trainer is built: ``bf16-mixed`` on GPUs with bfloat16 (Ampere and newer), else
+``16-mixed``, so one config runs on both (``configs/trainer/gpu.yaml`` uses it)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""``lit-cv fit --ckpt_path last``: continue the newest run in its own log directory.
+"""Runs from a checkpoint: ``fit --ckpt_path last`` continues the newest run in its own log directory, and a run
+with ``--ckpt_path`` builds its net without downloading pretrained weights.
 
-Lightning resolves ``ckpt_path="last"`` inside the *current* logger version's ``checkpoints/``; with an automatic
-version (TensorBoardLogger's ``version_N``) a new run gets a new, empty ``version_N+1`` and the lookup finds nothing.
-:func:`reuse_last_version` runs on the parsed config before anything is instantiated and points the logger at the
-version that holds the newest ``last.ckpt``, so checkpoints, TensorBoard curves and ``metrics.json`` continue where
-they were. An explicit ``version`` (the SLURM scripts use the job id) is left alone: Lightning looks there itself.
+Both edit the parsed LightningCLI config before anything is instantiated (``LitCVCLI.before_instantiate_classes``).
 """
 
 from __future__ import annotations
@@ -39,8 +36,12 @@ def find_last_checkpoint(save_dir: str | Path, name: str) -> tuple[int | str, Pa
 def reuse_last_version(config: Any) -> int | str | None:
     """For a parsed ``fit`` config with ``ckpt_path: last``, a single logger with an automatic version and the
     default checkpoint directory: set ``trainer.logger.init_args.version`` to the version holding the newest
-    ``last.ckpt`` and return it. Otherwise change nothing and return ``None`` (then Lightning's own lookup applies:
-    without a last checkpoint it warns and starts a fresh run, which is what a first SLURM job wants)."""
+    ``last.ckpt`` and return it, so checkpoints, TensorBoard curves and ``metrics.json`` continue where they were.
+
+    Otherwise change nothing and return ``None``. Lightning's own lookup then applies: it looks in the current
+    version's ``checkpoints/`` (an explicit ``version``, like the SLURM scripts' job id, is found there), and
+    without a last checkpoint it warns and starts a fresh run, which is what a first SLURM job wants. An automatic
+    version (``version_N``) would otherwise get a new, empty ``version_N+1`` in which Lightning finds nothing."""
     if config.get("ckpt_path") != "last":
         return None
     logger = config.get("trainer", {}).get("logger")
@@ -59,3 +60,13 @@ def reuse_last_version(config: Any) -> int | str | None:
     init_args["version"] = found[0]
     log.info(f"--ckpt_path last: resuming {found[1]} in the same log directory (version {found[0]!r}).")
     return found[0]
+
+
+def skip_pretrained_download(config: Any) -> None:
+    """With ``ckpt_path`` the checkpoint's weights replace the net's right after it is built, so a net that would
+    fetch pretrained weights (``TransferNet(pretrained: true)``) is built without them: resuming, validating,
+    testing or predicting from a checkpoint then works offline."""
+    net = config.get("model", {}).get("net") if config.get("ckpt_path") else None
+    init_args = getattr(net, "init_args", None)
+    if init_args is not None and init_args.get("pretrained") not in (None, False):
+        init_args["pretrained"] = False

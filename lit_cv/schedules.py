@@ -1,41 +1,40 @@
-"""Learning-rate schedules: the course's step decay, scheduler stepping as lit-cv does it, and a dry run.
+"""Learning-rate schedules: the course's step decay, building and stepping a scheduler, a schedule preview.
 
-The :class:`~lit_cv.Classifier` builds its scheduler from YAML (``model.lr_scheduler``) and Lightning steps it
-every ``scheduler_interval`` (``epoch`` or ``step``) x ``scheduler_frequency``. This module holds the plain
-functions behind that wiring so they can be tested and reused without a Trainer:
-
-- :func:`step_decay` / :class:`StepDecay`: the course's step decay factor for ``LambdaLR``
-  (x0.8 every 3 epochs: with lr 0.001 -> 0.001, 0.001, 0.001, 0.0008, ..., 0.000512 at epoch 9);
-- :func:`build_optimizer_and_scheduler`: builds both from their factories, switching CyclicLR's momentum
-  cycling off for optimizers that have no momentum to cycle (Adam, plain SGD) instead of crashing or silently
-  changing them;
-- :func:`step_scheduler`: one scheduler step; a ``CosineAnnealingWarmRestarts`` stepped per batch gets the
-  fractional epoch ``epoch + batch_idx / batches_per_epoch`` (the course's ``_mini_batch_schedulers``);
-- :func:`simulate_schedule` / :func:`simulate_module_schedule`: step a configured optimizer and scheduler
-  exactly as Lightning would during ``fit`` (interval, frequency, gradient accumulation, validation order),
-  without training, and return the learning rate of every training batch (``lit-cv plot-schedule`` draws it).
+- :func:`step_decay` / :class:`StepDecay`: the course's step decay factor for ``LambdaLR``;
+- :func:`build_optimizer_and_scheduler`: both from their factories, refusing a CyclicLR that would cycle a
+  momentum the optimizer does not have;
+- :func:`step_scheduler`: one scheduler step, as :meth:`lit_cv.Classifier.lr_scheduler_step` takes it;
+- :func:`preview_schedule`: the learning rate of every training batch, from a real ``Trainer.fit`` of the
+  module in which nothing is trained (``lit-cv plot-schedule`` draws it).
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.types import LRSchedulerConfig
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, CyclicLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, CyclicLR
+from torch.utils.data import DataLoader
 
-SUPPORTED_INTERVALS = ("epoch", "step")
+# The value a preview logs for every ReduceLROnPlateau monitor: constant, so it never improves.
+PLATEAU_PREVIEW_VALUE = 1.0
 
 
 # ---------------------------------------------------------------------------------------------- step decay
 def step_decay(epoch: int, drop: float = 0.8, epochs_drop: int = 3) -> float:
     """The course's step decay factor ``drop ** (epoch // epochs_drop)``, by which ``LambdaLR`` scales the lr.
 
-    YAML (the course's defaults)::
+    With lr 0.001: 0.001, 0.001, 0.001, 0.0008, ..., 0.000512 at epoch 9. YAML (the course's defaults)::
 
         lr_scheduler:
           class_path: torch.optim.lr_scheduler.LambdaLR
@@ -81,10 +80,10 @@ class StepDecay:
 
 # ---------------------------------------------------------------------------------------------- building
 def has_momentum(optimizer: Optimizer) -> bool:
-    """True when a param group has a non-zero ``momentum`` (SGD/RMSprop) for CyclicLR to cycle.
+    """True when a param group has a non-zero ``momentum`` (SGD/RMSprop with momentum) for CyclicLR to cycle.
 
-    Adam-like optimizers (``betas``) and plain SGD count as momentum-free: torch's CyclicLR would otherwise
-    cycle Adam's beta1 or switch momentum *on* (0.8-0.9) for an SGD configured without it.
+    Adam-like optimizers (``betas``) and plain SGD count as momentum-free: torch's CyclicLR would cycle Adam's
+    beta1, or switch momentum *on* (0.8-0.9) for an SGD configured without it.
     """
     return any(float(group.get("momentum", 0.0) or 0.0) > 0.0 for group in optimizer.param_groups)
 
@@ -96,42 +95,31 @@ def build_optimizer_and_scheduler(
 ) -> tuple[Optimizer, Any]:
     """Build the optimizer on ``params`` and the scheduler on it (``None`` without a scheduler factory).
 
-    A CyclicLR with ``cycle_momentum`` on an optimizer without momentum (see :func:`has_momentum`) is rebuilt,
-    on a fresh optimizer, with ``cycle_momentum=False``, as the course does for Adam.
-
     Raises:
-        ValueError: if the scheduler factory does not accept ``cycle_momentum`` (a custom callable); the
-            message says to set ``cycle_momentum: false``.
+        ValueError: for a CyclicLR that cycles momentum (``cycle_momentum``, torch's default) on an optimizer
+            without momentum (see :func:`has_momentum`); the message says to set ``cycle_momentum: false``.
+            An optimizer with neither ``momentum`` nor ``betas`` (Adagrad) gets torch's own refusal.
     """
-    params = list(params)
-    optimizer = optimizer_factory(params)
+    optimizer = optimizer_factory(list(params))
     if scheduler_factory is None:
         return optimizer, None
-    momentum = has_momentum(optimizer)
-    try:
-        scheduler = scheduler_factory(optimizer)
-    except ValueError as err:  # torch: "optimizer must support momentum or beta1 with `cycle_momentum` ..."
-        if "cycle_momentum" not in str(err):
-            raise
-        scheduler = None
-    if scheduler is not None and not (
-        isinstance(scheduler, CyclicLR) and scheduler.cycle_momentum and not momentum
-    ):
-        return optimizer, scheduler
-    optimizer = optimizer_factory(params)  # CyclicLR already wrote momentum/betas into the first one
-    try:
-        scheduler = scheduler_factory(optimizer, cycle_momentum=False)
-    except TypeError as err:
+    momentum = has_momentum(optimizer)  # before CyclicLR writes its own momentum into the param groups
+    scheduler = scheduler_factory(optimizer)
+    if isinstance(scheduler, CyclicLR) and scheduler.cycle_momentum and not momentum:
+        instead = "its beta1 would be cycled instead" if "betas" in optimizer.defaults else "momentum is 0"
         raise ValueError(
-            f"CyclicLR would cycle the momentum of {type(optimizer).__name__}, which has none, and its "
-            f"factory does not take `cycle_momentum` ({err}). Set `cycle_momentum: false` in the "
-            "scheduler's init_args."
-        ) from err
-    rank_zero_info(
-        f"CyclicLR: {type(optimizer).__name__} has no momentum to cycle; momentum cycling switched off "
-        "(cycle_momentum=False)."
-    )
+            "CyclicLR cycles momentum (cycle_momentum: true, torch's default) but "
+            f"{_class_path(optimizer)} has no `momentum` ({instead}); set `cycle_momentum: false` in "
+            "lr_scheduler.init_args, or use SGD with momentum (e.g. `momentum: 0.9`)."
+        )
     return optimizer, scheduler
+
+
+def _class_path(obj: Any) -> str:
+    cls = type(obj)
+    if getattr(torch.optim, cls.__name__, None) is cls:
+        return f"torch.optim.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 # ---------------------------------------------------------------------------------------------- stepping
@@ -144,17 +132,13 @@ def step_scheduler(
     batch_idx: int,
     batches_per_epoch: float,
 ) -> None:
-    """One scheduler step, as :meth:`lit_cv.Classifier.lr_scheduler_step` does it.
+    """One scheduler step, as :meth:`lit_cv.Classifier.lr_scheduler_step` takes it.
 
     ``CosineAnnealingWarmRestarts`` stepped every batch (``interval="step"``) gets the course's fractional
     epoch ``epoch + batch_idx / batches_per_epoch`` (``batch_idx``: the batch just trained, 0-based within
-    ``epoch``), so its ``T_0`` counts epochs and the curve is smooth within them. Stepped per epoch it gets a
-    plain ``step()``: also ``T_0`` in epochs, constant within each epoch. ReduceLROnPlateau gets ``metric``;
-    the rest ``step()``.
-
-    Note: the course's ``StepByStep.train`` increments ``total_epochs`` before the loop, so its first epoch
-    passes ``1 + i / n``; lit-cv passes the 0-based epoch (as the torch docstring does) so epoch 0 starts at
-    ``eta_max``.
+    ``epoch``), so its ``T_0`` counts epochs and the curve is smooth within them; stepped per epoch it gets a
+    plain ``step()``. The epoch is 0-based (as in torch's docstring): epoch 0 starts at ``eta_max``.
+    ReduceLROnPlateau gets ``metric``; the rest ``step()``.
 
     Raises:
         ValueError: if a fractional epoch is needed and ``batches_per_epoch`` is unknown (an unsized
@@ -174,221 +158,135 @@ def step_scheduler(
         scheduler.step(metric)
 
 
-def _config(scheduler: Any, interval: str, frequency: int, monitor: str | None) -> LRSchedulerConfig:
-    if interval not in SUPPORTED_INTERVALS:
-        raise ValueError(f"interval must be one of {SUPPORTED_INTERVALS}, got {interval!r}.")
-    if frequency < 1:
-        raise ValueError(f"frequency must be >= 1, got {frequency}.")
-    plateau = isinstance(scheduler, ReduceLROnPlateau)
-    return LRSchedulerConfig(
-        scheduler,
-        interval=interval,
-        frequency=frequency,
-        reduce_on_plateau=plateau,
-        monitor=monitor if plateau else None,
-    )
+# ---------------------------------------------------------------------------------------------- preview
+@dataclass
+class SchedulePreview:
+    """What :func:`preview_schedule` saw: the lr of every training batch and what set it."""
+
+    lrs: list[float]  # entry i: the lr (param group 0) that training batch i used
+    batches_per_epoch: int  # after ``limit_train_batches``
+    optimizer: Optimizer
+    lr_scheduler_configs: list[LRSchedulerConfig]  # interval, frequency, monitor of each scheduler
 
 
-def simulate_schedule(
-    optimizer: Optimizer,
-    scheduler: Any = None,
+class _LRRecorder(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.lrs.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+class _NoWork:
+    """Hooks that replace a module's work during a preview: a zero loss, a never-improving plateau monitor."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        # backward reaches no parameter, so the optimizer steps change nothing
+        return torch.zeros((), requires_grad=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        for config in self.trainer.lr_scheduler_configs:
+            if config.reduce_on_plateau:
+                self.log(config.monitor, PLATEAU_PREVIEW_VALUE, batch_size=1)
+
+    def on_fit_start(self) -> None:
+        pass
+
+    def on_train_epoch_end(self) -> None:
+        pass
+
+    def on_validation_epoch_end(self) -> None:
+        pass
+
+
+@contextmanager
+def _without_work(module: LightningModule) -> Iterator[LightningModule]:
+    """``module`` with the :class:`_NoWork` hooks in front of its own, restored on exit."""
+    cls = type(module)
+    module.__class__ = type(f"{cls.__name__}Preview", (_NoWork, cls), {})
+    try:
+        yield module
+    finally:
+        module.__class__ = cls
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Without Lightning's device and dataloader notes: they describe the preview run, not the config."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [log.level for log in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PossibleUserWarning)
+        # Workaround, see docs/lightning-workarounds.md (LeafSpec FutureWarning, Lightning #21326)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+        for log in loggers:
+            log.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for log, level in zip(loggers, levels):
+                log.setLevel(level)
+
+
+def preview_schedule(
+    module: LightningModule,
     *,
     max_epochs: int,
-    steps_per_epoch: int,
-    interval: str = "epoch",
-    frequency: int = 1,
+    batches_per_epoch: int,
+    limit_train_batches: float | None = None,
     accumulate_grad_batches: int = 1,
-    metrics: Sequence[float] | None = None,
-    param_group: int = 0,
-) -> list[float]:
-    """The learning rate of every training batch of a ``fit`` of ``max_epochs`` x ``steps_per_epoch`` batches.
+) -> SchedulePreview:
+    """The learning rate of every training batch of a ``fit`` of ``module``, without training it.
 
-    Steps ``scheduler`` (no training, no gradients) exactly where Lightning's loops would: a ``step``
-    scheduler after every ``frequency``-th batch of an epoch once the accumulated gradients are applied, an
-    ``epoch`` one after the last batch of every ``frequency``-th epoch, ReduceLROnPlateau after validation
-    with the epoch's value from ``metrics``. Entry ``i`` is the lr used by training batch ``i`` (what
-    LearningRateMonitor logs with ``logging_interval: step``). ``optimizer`` and ``scheduler`` are advanced in
-    place: pass fresh ones.
+    Runs a real CPU ``Trainer.fit`` of ``module`` (no logger, checkpoints, progress bar, sanity check or
+    callbacks) with :class:`_NoWork` hooks, over ``batches_per_epoch`` empty batches and one validation batch
+    per epoch, so Lightning itself steps the schedulers of ``module.configure_optimizers()`` (interval,
+    frequency, gradient accumulation, ``module.lr_scheduler_step``). ReduceLROnPlateau sees a monitor that
+    never improves: the earliest reductions it can make. The weights are not changed.
 
     Args:
-        optimizer: the optimizer the scheduler drives.
-        scheduler: a torch scheduler, or ``None`` for a constant lr.
-        max_epochs: epochs to simulate.
-        steps_per_epoch: training batches per epoch (after ``limit_train_batches``).
-        interval: ``epoch`` or ``step``, as in the Classifier's ``scheduler_interval``.
-        frequency: step every this many intervals.
+        module: the configured LightningModule.
+        max_epochs: epochs to run.
+        batches_per_epoch: training batches per epoch and device, before ``limit_train_batches``.
+        limit_train_batches: the Trainer's ``limit_train_batches``, applied by Lightning.
         accumulate_grad_batches: the Trainer's gradient accumulation.
-        metrics: the monitored value of each epoch, for ReduceLROnPlateau; default: a metric that never
-            improves (the earliest possible reductions).
-        param_group: which param group's lr to return.
 
     Raises:
-        ValueError: for a bad interval, frequency or size, too few ``metrics``, or a plateau scheduler stepped
-            per batch before the first validation (Lightning fails there too).
+        ValueError: for ``max_epochs`` or ``batches_per_epoch`` below 1, or no training batch left after
+            ``limit_train_batches``; whatever the schedule raises during ``fit`` (too few ``total_steps``,
+            a CyclicLR refused by :func:`build_optimizer_and_scheduler`, ...).
+        lightning.pytorch.utilities.exceptions.MisconfigurationException: where Lightning's ``fit`` raises it
+            (a ReduceLROnPlateau stepped per batch before its monitor is first computed, ...).
     """
-    return simulate_configs(
-        optimizer,
-        [_config(scheduler, interval, frequency, "val")] if scheduler is not None else [],
-        max_epochs=max_epochs,
-        steps_per_epoch=steps_per_epoch,
-        accumulate_grad_batches=accumulate_grad_batches,
-        metrics=metrics,
-        param_group=param_group,
-    )
-
-
-def module_optimizer_and_schedulers(module: Any) -> tuple[Optimizer, list[LRSchedulerConfig]]:
-    """Call ``module.configure_optimizers()`` (any form Lightning accepts) and parse it with Lightning's own
-    parser: the optimizer and its scheduler configs (interval, frequency, monitor), without a Trainer.
-
-    Raises:
-        ValueError: if the module configures no optimizer or more than one.
-    """
-    from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
-
-    optimizers, schedulers, monitor = _configure_optimizers(module.configure_optimizers())
-    if len(optimizers) != 1:
+    if max_epochs < 1 or batches_per_epoch < 1:
         raise ValueError(
-            "Simulating a schedule needs exactly one optimizer; "
-            f"{type(module).__name__}.configure_optimizers returned {len(optimizers)}."
+            f"max_epochs and batches_per_epoch must be >= 1, got {max_epochs} and {batches_per_epoch}."
         )
-    return optimizers[0], _configure_schedulers_automatic_opt(schedulers, monitor)
-
-
-def simulate_module_schedule(
-    module: Any,
-    *,
-    max_epochs: int,
-    steps_per_epoch: int,
-    accumulate_grad_batches: int = 1,
-    metrics: Sequence[float] | None = None,
-    param_group: int = 0,
-) -> list[float]:
-    """:func:`simulate_schedule` for a LightningModule: every scheduler its ``configure_optimizers`` attaches,
-    with the interval and frequency it asks for (see :func:`module_optimizer_and_schedulers`)."""
-    optimizer, configs = module_optimizer_and_schedulers(module)
-    return simulate_configs(
-        optimizer,
-        configs,
-        max_epochs=max_epochs,
-        steps_per_epoch=steps_per_epoch,
-        accumulate_grad_batches=accumulate_grad_batches,
-        metrics=metrics,
-        param_group=param_group,
-    )
-
-
-def simulate_configs(
-    optimizer: Optimizer,
-    configs: Iterable[LRSchedulerConfig],
-    *,
-    max_epochs: int,
-    steps_per_epoch: int,
-    accumulate_grad_batches: int,
-    metrics: Sequence[float] | None,
-    param_group: int,
-) -> list[float]:
-    """:func:`simulate_schedule` for Lightning ``LRSchedulerConfig``s sharing one optimizer.
-
-    Mirrors ``_TrainingEpochLoop.advance``/``on_advance_end`` and ``_FitLoop.on_advance_end`` (Lightning 2.x).
-    """
-    configs = list(configs)
-    if max_epochs < 1 or steps_per_epoch < 1:
+    recorder = _LRRecorder()
+    with tempfile.TemporaryDirectory() as root, _quiet(), _without_work(module):
+        trainer = Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=max_epochs,
+            limit_train_batches=limit_train_batches,
+            accumulate_grad_batches=accumulate_grad_batches,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[recorder],
+            default_root_dir=root,
+        )
+        trainer.fit(
+            module,
+            train_dataloaders=DataLoader(torch.zeros(batches_per_epoch)),
+            val_dataloaders=DataLoader(torch.zeros(1)),
+        )
+    if not recorder.lrs:
         raise ValueError(
-            f"max_epochs and steps_per_epoch must be >= 1, got {max_epochs} and {steps_per_epoch}."
+            f"No training batch left: limit_train_batches {limit_train_batches} of {batches_per_epoch} "
+            "batches. Set `trainer.limit_train_batches` to a positive value."
         )
-    if accumulate_grad_batches < 1:
-        raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}.")
-    if not 0 <= param_group < len(optimizer.param_groups):
-        raise ValueError(
-            f"param_group {param_group} out of range: the optimizer has {len(optimizer.param_groups)}."
-        )
-    if metrics is not None and len(metrics) < max_epochs:
-        raise ValueError(
-            f"metrics has {len(metrics)} values but max_epochs is {max_epochs}: give one per epoch."
-        )
-
-    lrs: list[float] = []
-    with warnings.catch_warnings():  # no optimizer.step() happens in a dry run: that is the point
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-        _run(
-            optimizer,
-            configs,
-            lrs,
-            max_epochs,
-            steps_per_epoch,
-            accumulate_grad_batches,
-            metrics,
-            param_group,
-        )
-    return lrs
-
-
-def _run(
-    optimizer: Optimizer,
-    configs: list[LRSchedulerConfig],
-    lrs: list[float],
-    max_epochs: int,
-    steps_per_epoch: int,
-    accumulate_grad_batches: int,
-    metrics: Sequence[float] | None,
-    param_group: int,
-) -> None:
-    """The loop of :func:`simulate_configs`; appends to ``lrs``."""
-    last_metric: float | None = None
-
-    def step(config: LRSchedulerConfig, epoch: int, batch_idx: int, metric: Any) -> None:
-        step_scheduler(
-            config.scheduler,
-            metric,
-            interval=config.interval,
-            epoch=epoch,
-            batch_idx=batch_idx,
-            batches_per_epoch=steps_per_epoch,
-        )
-
-    for epoch in range(max_epochs):
-        epoch_metric = 1.0 if metrics is None else float(metrics[epoch])
-        for batch_idx in range(steps_per_epoch):
-            lrs.append(float(optimizer.param_groups[param_group]["lr"]))
-            last_batch = batch_idx + 1 == steps_per_epoch
-            optimizer_stepped = (batch_idx + 1) % accumulate_grad_batches == 0 or last_batch
-            for config in configs:  # non-plateau, every step
-                if (
-                    optimizer_stepped
-                    and not config.reduce_on_plateau
-                    and config.interval == "step"
-                    and (batch_idx + 1) % config.frequency == 0
-                ):
-                    step(config, epoch, batch_idx, None)
-            for config in configs:  # non-plateau, end of epoch (before validation)
-                if (
-                    last_batch
-                    and not config.reduce_on_plateau
-                    and config.interval == "epoch"
-                    and (epoch + 1) % config.frequency == 0
-                ):
-                    step(config, epoch, batch_idx, None)
-            if last_batch:  # validation runs here
-                last_metric = epoch_metric
-            for config in configs:  # plateau, every step, after validation
-                if (
-                    optimizer_stepped
-                    and config.reduce_on_plateau
-                    and config.interval == "step"
-                    and (batch_idx + 1) % config.frequency == 0
-                ):
-                    if last_metric is None:
-                        raise ValueError(
-                            f"ReduceLROnPlateau with interval 'step' is stepped at batch {batch_idx} of "
-                            f"epoch 0, before `{config.monitor}` is first computed: Lightning fails there. "
-                            "Step it per epoch (`model.scheduler_interval: epoch`)."
-                        )
-                    step(config, epoch, batch_idx, torch.tensor(last_metric))
-        for config in configs:  # plateau, end of epoch
-            if (
-                config.reduce_on_plateau
-                and config.interval == "epoch"
-                and (epoch + 1) % config.frequency == 0
-            ):
-                step(config, epoch, steps_per_epoch - 1, torch.tensor(epoch_metric))
+    return SchedulePreview(recorder.lrs, trainer.num_training_batches, trainer.optimizers[0],
+                           trainer.lr_scheduler_configs)

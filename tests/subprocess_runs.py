@@ -70,7 +70,7 @@ def start(args: list[str | Path], cwd: Path, log: Path, env: dict[str, str] | No
 def run(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     """Run ``lit-cv ARGS`` to completion; return its combined output; fail with that output on a non-zero exit."""
     result = subprocess.run(
-        lit_cv_command(*args), cwd=cwd, env=env or lit_cv_env(), capture_output=True, text=True, timeout=timeout
+        lit_cv_command(*args), check=False, cwd=cwd, env=env or lit_cv_env(), capture_output=True, text=True, timeout=timeout
     )
     output = result.stdout + result.stderr
     if result.returncode != 0:

@@ -1,11 +1,11 @@
 """``lit-cv plot-schedule --config X.yaml``: the learning rate of every training batch, before any training.
 
-Builds the model, datamodule and trainer exactly as ``lit-cv fit`` would (``LitCVCLI(run=False)``, so a second
-``--config configs/schedules/NAME.yaml`` and every ``--model.*``/``--trainer.*`` override works), then steps
-the configured optimizer and scheduler through ``trainer.max_epochs`` x batches-per-epoch the way Lightning
-would (:func:`lit_cv.schedules.simulate_module_schedule`) and writes ``schedule.png`` (LR vs step, epoch
-boundaries dotted) and ``schedule.csv`` (step, epoch, lr) to ``runs/<name>/`` (or ``--output``).
-ReduceLROnPlateau is drawn for a metric that never improves: the earliest reductions it can make.
+Builds the model, datamodule and trainer as ``lit-cv fit`` would (``LitCVCLI(run=False)``, so a second
+``--config configs/schedules/NAME.yaml`` and every ``--model.*``/``--trainer.*`` override works), lets
+Lightning step the configured schedule through a ``fit`` that trains nothing
+(:func:`lit_cv.schedules.preview_schedule`) and writes ``schedule.png`` (LR vs step, epoch boundaries dotted)
+and ``schedule.csv`` (step, epoch, lr) to ``runs/<name>/`` (or ``--output``). ReduceLROnPlateau is drawn for a
+metric that never improves: the earliest reductions it can make.
 
 Example::
 
@@ -23,10 +23,10 @@ from typing import Any
 from unittest import mock
 
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lit_cv.schedules import module_optimizer_and_schedulers, simulate_configs
+from callbacks.figures import figure
+from lit_cv.schedules import preview_schedule
 
 MAX_EPOCH_LINES = 100  # more epoch boundaries than this are thinned out
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def batches_per_epoch(trainer: Trainer, datamodule: LightningDataModule | None) -> int:
-    """Training batches per epoch and device, as ``fit`` would see them (``limit_train_batches`` applied).
+    """Training batches per epoch and device, before ``limit_train_batches`` (which the preview applies).
 
     Raises:
         ValueError: without a datamodule, or with a train dataloader that has no length.
@@ -73,8 +73,7 @@ def batches_per_epoch(trainer: Trainer, datamodule: LightningDataModule | None) 
             f"The train dataloader of {type(datamodule).__name__} has no length; give --steps-per-epoch N."
         ) from err
     world_size = max(int(trainer.world_size), 1)
-    length = math.ceil(length / world_size)  # a DistributedSampler splits the data across devices
-    return int(_parse_num_batches(RunningStage.TRAINING, length, trainer.limit_train_batches))
+    return math.ceil(length / world_size)  # a DistributedSampler splits the data across devices
 
 
 def default_output(trainer: Trainer) -> Path:
@@ -101,27 +100,21 @@ def describe(configs: list[Any]) -> str:
 
 def plot(lrs: list[float], steps_per_epoch: int, title: str, path: Path, log_y: bool = False) -> Path:
     """LR vs training step with dotted epoch boundaries, saved as a PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = math.ceil(len(lrs) / steps_per_epoch)
-    fig, ax = plt.subplots(figsize=(10, 4))
     stride = max(1, math.ceil(epochs / MAX_EPOCH_LINES))
-    for epoch in range(stride, epochs, stride):
-        ax.axvline(epoch * steps_per_epoch, color="0.75", linestyle=":", linewidth=0.8)
-    ax.plot(range(len(lrs)), lrs, color="tab:blue", linewidth=1.2)
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel(f"step (training batch); dotted: epoch boundaries ({steps_per_epoch} batches per epoch)")
-    ax.set_ylabel("learning rate")
-    ax.set_title(title, fontsize=10)
-    ax.set_xlim(0, max(len(lrs) - 1, 1))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, dpi=100, figsize=(10, 4)) as (fig, ax):
+        for epoch in range(stride, epochs, stride):
+            ax.axvline(epoch * steps_per_epoch, color="0.75", linestyle=":", linewidth=0.8)
+        ax.plot(range(len(lrs)), lrs, color="tab:blue", linewidth=1.2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(
+            f"step (training batch); dotted: epoch boundaries ({steps_per_epoch} batches per epoch)"
+        )
+        ax.set_ylabel("learning rate")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(0, max(len(lrs) - 1, 1))
+        fig.tight_layout()
     return path
 
 
@@ -149,24 +142,28 @@ def main(argv: list[str]) -> int:
     max_epochs = trainer.max_epochs
     if max_epochs is None or max_epochs < 1:
         parser.error(f"trainer.max_epochs is {max_epochs}; set it, e.g. --trainer.max_epochs 20.")
-    try:
-        steps = options.steps_per_epoch or batches_per_epoch(trainer, cli.datamodule)
-    except ValueError as err:
-        parser.error(str(err))
-    optimizer, configs = module_optimizer_and_schedulers(cli.model)
+    if options.steps_per_epoch is not None:  # given: exactly this many batches per epoch
+        batches, limit = options.steps_per_epoch, None
+    else:
+        try:
+            batches, limit = batches_per_epoch(trainer, cli.datamodule), trainer.limit_train_batches
+        except ValueError as err:
+            parser.error(str(err))
     try:  # what would fail during fit fails here, before any training (OneCycleLR total_steps too small, ...)
-        lrs = simulate_configs(
-            optimizer,
-            configs,
+        preview = preview_schedule(
+            cli.model,
             max_epochs=max_epochs,
-            steps_per_epoch=steps,
+            batches_per_epoch=batches,
+            limit_train_batches=limit,
             accumulate_grad_batches=trainer.accumulate_grad_batches,
-            metrics=None,
-            param_group=0,
         )
-    except ValueError as err:
-        parser.error(f"the schedule fails within {max_epochs} epochs x {steps} batches: {err}")
-    title = f"{type(optimizer).__name__} + {describe(configs)}: {max_epochs} epochs x {steps} batches"
+    except (ValueError, MisconfigurationException) as err:
+        parser.error(f"the schedule fails within {max_epochs} epochs x {batches} batches: {err}")
+    lrs, steps = preview.lrs, preview.batches_per_epoch
+    title = (
+        f"{type(preview.optimizer).__name__} + {describe(preview.lr_scheduler_configs)}: "
+        f"{max_epochs} epochs x {steps} batches"
+    )
     png = plot(lrs, steps, title, options.output or default_output(trainer), log_y=options.log_y)
     table = write_csv(lrs, steps, png.with_suffix(".csv"))
     print(f"{title}\nlr: first {lrs[0]:.6g}, min {min(lrs):.6g}, max {max(lrs):.6g}, last {lrs[-1]:.6g}")

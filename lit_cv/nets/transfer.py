@@ -24,7 +24,8 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from callbacks.backbone_finetuning import set_frozen_bn_eval
 
 Finetune = Literal["all", "head", "last_n"]
 FINETUNE_MODES = ("all", "head", "last_n")
@@ -296,10 +297,3 @@ class TransferNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-
-def set_frozen_bn_eval(module: nn.Module) -> None:
-    """Put every BatchNorm layer of ``module`` whose parameters are all frozen into eval mode (running stats)."""
-    for m in module.modules():
-        params = list(m.parameters(recurse=False))
-        if isinstance(m, _BatchNorm) and params and not any(p.requires_grad for p in params):
-            m.eval()

@@ -7,13 +7,12 @@ import io
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch import LightningDataModule, Trainer, seed_everything
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 from torch import nn
@@ -50,31 +49,7 @@ def grid_side(n_tiles: int, per_row: int, tile: int, pad: int = PAD) -> tuple[in
     return rows * (tile + pad) + pad, cols * (tile + pad) + pad
 
 
-MakeTrainer = Callable[..., Trainer]
-
-
-@pytest.fixture
-def make_trainer(tiny_trainer_kwargs: dict[str, Any], tmp_path: Path) -> MakeTrainer:
-    """The shared tiny CPU trainer, logging to TensorBoard (or ``logger``) under ``root`` or tmp_path."""
-
-    def make(
-        callbacks: list, max_epochs: int = 2, logger: object = "tb", root: Path | None = None
-    ) -> Trainer:
-        root = root or tmp_path
-        return Trainer(
-            **{
-                **tiny_trainer_kwargs,
-                "default_root_dir": str(root),
-                "max_epochs": max_epochs,
-                "limit_train_batches": 3,
-                "limit_val_batches": 1,
-                "num_sanity_val_steps": 0,
-                "logger": TensorBoardLogger(root, name="fv") if logger == "tb" else logger,
-                "callbacks": callbacks,
-            }
-        )
-
-    return make
+MakeTrainer = Callable[..., Trainer]  # the `make_trainer` fixture (tests/callbacks/conftest.py)
 
 
 def read_images(log_dir: str) -> dict[str, list]:
@@ -181,8 +156,8 @@ def test_fit_rgb_cnn2_logs_filters_and_feature_maps(tmp_path: Path, make_trainer
     }
     assert set(images) == set(expected)
     for tag, (height, width) in expected.items():
-        # epochs 0 and 1 (steps 3 and 6); the end of fit is at step 6 too, so TensorBoard gets no duplicate
-        assert [event.step for event in images[tag]] == [3, 6], tag
+        # epochs 0 and 1 (steps 4 and 8); the end of fit is at step 8 too, so TensorBoard gets no duplicate
+        assert [event.step for event in images[tag]] == [4, 8], tag
         assert all((event.height, event.width) == (height, width) for event in images[tag]), tag
 
     # the logged RGB image is the final conv1 weight, each filter min-max scaled, 10x10 pixels per value
@@ -217,7 +192,7 @@ def test_fit_greyscale_digits_named_layer(tmp_path: Path, make_trainer: MakeTrai
     images = read_images(fit.log_dir)
     assert set(images) == {"filters/net.conv1", "feature_maps/net.conv1"}  # conv2 not asked for
     # every_n_epochs=0: only the end of fit. One input channel: 4 of 6 filters (max_channels), one row
-    assert [(e.step, e.height, e.width) for e in images["filters/net.conv1"]] == [(3, *grid_side(4, 8, 30))]
+    assert [(e.step, e.height, e.width) for e in images["filters/net.conv1"]] == [(4, *grid_side(4, 8, 30))]
     # 3 images x 4 channels of 14x14 outputs, enlarged x2
     assert [(e.height, e.width) for e in images["feature_maps/net.conv1"]] == [grid_side(12, 4, 28)]
     files = sorted(p.name for p in (Path(fit.log_dir) / "filter_visualization").iterdir())

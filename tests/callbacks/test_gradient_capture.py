@@ -10,14 +10,13 @@ import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from tensorboard.backend.event_processing.event_accumulator import HISTOGRAMS, SCALARS, EventAccumulator
 
 from callbacks.gradient_capture import (
@@ -44,31 +43,7 @@ def datamodule() -> DigitsDataModule:
     return DigitsDataModule(batch_size=16, image_size=16)
 
 
-MakeTrainer = Callable[..., Trainer]
-
-
-@pytest.fixture
-def make_trainer(tiny_trainer_kwargs: dict[str, Any], tmp_path: Path) -> MakeTrainer:
-    """The shared tiny CPU trainer, logging to TensorBoard (or ``logger``) under ``root`` or tmp_path."""
-
-    def make(
-        callbacks: list, max_epochs: int = 2, logger: object = "tb", root: Path | None = None
-    ) -> Trainer:
-        root = root or tmp_path
-        return Trainer(
-            **{
-                **tiny_trainer_kwargs,
-                "default_root_dir": str(root),
-                "max_epochs": max_epochs,
-                "limit_train_batches": 4,
-                "limit_val_batches": 1,
-                "num_sanity_val_steps": 0,
-                "logger": TensorBoardLogger(root, name="gc") if logger == "tb" else logger,
-                "callbacks": callbacks,
-            }
-        )
-
-    return make
+MakeTrainer = Callable[..., Trainer]  # the `make_trainer` fixture (tests/callbacks/conftest.py)
 
 
 def hook_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -32,7 +32,8 @@ def test_train_layout_split_is_stratified_disjoint_and_seeded(tmp_path, plural):
     with pytest.warns(UserWarning, match="skipped 3 unreadable"):  # cat.999.jpg (empty) + 2 Thumbs.db
         dm.setup("fit")
     train, val = dm.splits["train"], dm.splits["val"]
-    # dogs 10 -> 8 + 2; cats 10 + the empty cat.999.jpg -> 9 + 2, then the empty one is dropped from its split
+    # ceil(21 * 0.2) = 5 to validation, stratified: dogs 10 -> 8 + 2, cats 10 + the empty cat.999.jpg -> 8 + 3,
+    # then the empty one is dropped from its split
     assert torch.bincount(train.labels)[1] == 8 and torch.bincount(val.labels)[1] == 2
     assert torch.bincount(train.labels)[0] + torch.bincount(val.labels)[0] == 10
     assert not set(train.paths) & set(val.paths)
@@ -59,7 +60,8 @@ def test_petimages_layout_with_bad_files(tmp_path):
     dm = small(root, tmp_path, val_split=0.3)
     with pytest.warns(UserWarning, match=r"(?s)skipped 3 unreadable.*666\.jpg"):
         dm.setup("fit")
-    # Thumbs.db never enters the split; 666.jpg is split (then found unreadable): cats 11 -> 3 val, dogs 10 -> 3
+    # Thumbs.db never enters the split; 666.jpg is split (then found unreadable): ceil(21 * 0.3) = 7 to
+    # validation, cats 11 -> 4, dogs 10 -> 3
     assert len(dm.splits["train"]) + len(dm.splits["val"]) == 20
     assert torch.bincount(dm.splits["val"].labels, minlength=2)[1] == 3
     assert {p.parent.name for p in dm.splits["train"].paths} == {"Cat", "Dog"}
@@ -94,5 +96,6 @@ def test_real_cats_dogs_layout_and_split(shared_data, tmp_path):
     dm = CatsDogsDataModule(shared_data / "cats_dogs", cache_dir=tmp_path / "cache")
     splits = dm._discover()  # file discovery only: decoding 2,002 full-size JPEGs is the benchmark's job
     assert len(splits["train"].paths) + len(splits["val"].paths) == 2002
-    assert torch.bincount(torch.tensor(splits["val"].labels)).tolist() == [200, 200]
+    assert len(splits["val"].paths) == 401  # ceil(2002 * 0.2), scikit-learn's rounding
+    assert sorted(torch.bincount(torch.tensor(splits["val"].labels)).tolist()) == [200, 201]  # stratified
     assert all(("cat." in p.name) == (y == 0) for p, y in zip(splits["train"].paths, splits["train"].labels))

@@ -35,8 +35,10 @@ def test_setup_twice_does_not_resplit():
     assert dm.val_set is first
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"val_split": 1.0}, "val_split"), ({"image_size": 4}, "image_size"),
-                                               ({"batch_size": 0}, "batch_size")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"val_split": 1.0}, "val_split"), ({"image_size": 4}, "image_size"), ({"batch_size": 0}, "batch_size")],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DigitsDataModule(**kwargs)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import shutil
 import struct
+from pathlib import Path
 
 import fake_data
 import numpy as np
@@ -15,23 +18,34 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 from datamodules import MNISTDataModule
 from datamodules.mnist import read_idx
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_read_idx_matches_torchvision_reader(tmp_path):
     root = fake_data.make_mnist_idx(tmp_path / "m", n_train=30, n_test=10)
     raw = root / "MNIST" / "raw"
-    for name, reader in (
-        ("train-images-idx3-ubyte", read_image_file),
-        ("train-labels-idx1-ubyte", read_label_file),
+    for name, kind, reader in (
+        ("train-images-idx3-ubyte", "images", read_image_file),
+        ("train-labels-idx1-ubyte", "labels", read_label_file),
     ):
         with gzip.open(raw / f"{name}.gz") as f_in, open(tmp_path / name, "wb") as f_out:
             shutil.copyfileobj(f_in, f_out)
-        expected = reader(str(tmp_path / name)).numpy()
-        assert np.array_equal(read_idx(raw / f"{name}.gz"), expected)
-        assert np.array_equal(read_idx(tmp_path / name), expected)  # uncompressed works too
+        expected = reader(str(tmp_path / name))
+        assert torch.equal(read_idx(raw / f"{name}.gz", kind), expected)
+        assert torch.equal(read_idx(tmp_path / name, kind), expected)  # uncompressed works too
+    assert read_idx(tmp_path / "train-images-idx3-ubyte").dtype == torch.uint8
+    assert read_idx(tmp_path / "train-labels-idx1-ubyte", "labels").dtype == torch.long
+    with pytest.raises(ValueError, match="not a complete IDX file of MNIST images"):
+        read_idx(tmp_path / "train-labels-idx1-ubyte", "images")  # 1-d labels are not images
     header = b"\x00\x00\x08\x03" + struct.pack(">3I", 2, 28, 28)  # says 2 images, holds 100 bytes
     (tmp_path / "short.gz").write_bytes(gzip.compress(header + bytes(100)))
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError, match="short.gz' is not a complete IDX file of MNIST images: truncated"):
         read_idx(tmp_path / "short.gz")
+    (tmp_path / "notes.txt").write_text("not an IDX file")
+    with pytest.raises(ValueError, match="not in the IDX format"):
+        read_idx(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError):
+        read_idx(tmp_path / "absent.gz")
 
 
 @pytest.mark.parametrize("layout", ["torchvision", "raw"])
@@ -40,18 +54,26 @@ def test_idx_shapes_split_and_test_set(tmp_path, layout):
     dm = MNISTDataModule(root, batch_size=8, num_workers=0, val_split=0.2, cache_dir=tmp_path / "c")
     assert dm.num_classes == 10 and dm.class_names == [str(i) for i in range(10)]
     dm.setup("fit")
-    n_val = sum(round(n * 0.2) for n in np.bincount(read_idx(next(root.rglob("train-labels*")))))  # per class
+    n_val = math.ceil(60 * 0.2)  # scikit-learn's train_test_split rounds the validation size up
     assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [60 - n_val, n_val, 20]
-    assert torch.bincount(dm.splits["val"].labels).min() >= 1  # stratified: every digit in validation
+    labels = read_idx(next(root.rglob("train-labels*")), "labels")
+    per_class, val_per_class = (
+        torch.bincount(labels, minlength=10),
+        torch.bincount(dm.splits["val"].labels, minlength=10),
+    )
+    assert (val_per_class - per_class * 0.2).abs().max() <= 1  # stratified: each digit in proportion, +-1
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
     train, val = dm.splits["train"].images, dm.splits["val"].images
     assert not any(torch.equal(a, b) for a in train for b in val)  # the fake digits are all different
     expected = read_idx(next((tmp_path / "m").rglob("t10k-images-idx3-ubyte.gz")))
-    assert np.array_equal(dm.splits["test"].images[:, 0].numpy(), expected)
+    assert torch.equal(dm.splits["test"].images[:, 0], expected)
     again = MNISTDataModule(root, val_split=0.2, cache_dir=tmp_path / "c")
     again.setup("fit")
-    assert torch.equal(again.splits["val"].images, val)
+    assert torch.equal(again.splits["val"].images, val)  # seeded
+    other = MNISTDataModule(root, val_split=0.2, seed=14, cache_dir=tmp_path / "c")
+    other.setup("fit")
+    assert not torch.equal(other.splits["val"].images, val)
 
 
 def test_normalised_with_train_stats_only(tmp_path):
@@ -112,4 +134,27 @@ def test_real_mnist_counts(shared_data, tmp_path):
     assert [len(dm.splits[s]) for s in ("train", "val")] == [8000, 2000]
     labels = torch.cat([dm.splits["train"].labels, dm.splits["val"].labels])
     assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert len(read_idx(shared_data / "mnist" / "raw" / "train-labels-idx1-ubyte.gz")) == 60000
+    assert len(read_idx(shared_data / "mnist" / "raw" / "train-labels-idx1-ubyte.gz", "labels")) == 60000
+    counts = torch.bincount(dm.splits["val"].labels)
+    assert (counts - torch.bincount(labels) * 0.2).abs().max() <= 1  # stratified
+
+
+def test_cli_builds_it_from_the_config_and_it_sets_up(tmp_path, monkeypatch):
+    """LightningCLI saves only MNIST's own arguments as hparams; the image base must not need any other."""
+    monkeypatch.setattr("sys.argv", ["lit-cv"])  # pytest's own arguments are not for the CLI
+    from lit_cv.cli import LitCVCLI
+
+    root = fake_data.make_mnist_idx(tmp_path / "m", n_train=60, n_test=20)
+    args = [
+        "--config",
+        str(REPO / "configs" / "mnist_beat.yaml"),
+        f"--data.init_args.data_dir={root}",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+        "--trainer.logger=false",
+    ]
+    dm = LitCVCLI(args=args, run=False).datamodule
+    assert isinstance(dm, MNISTDataModule) and "cache" not in dm.hparams
+    dm.setup("fit")
+    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [48, 12, 20]
+    assert dm.datasets["train"].transform is not None  # augment: true in the config
+    assert dm._num_workers() == (0 if not torch.cuda.is_available() else min(4, os.cpu_count() or 1))

@@ -103,7 +103,7 @@ def test_disk_cache_is_reused_without_decoding(rps_dir, tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the disk cache exists")
 
-    monkeypatch.setattr("datamodules.image_folder.decode_all", no_decoding)
+    monkeypatch.setattr("datamodules.image_cache.decode_all", no_decoding)
     dm = RPSDataModule(rps_dir, **kwargs)
     with pytest.warns(UserWarning, match="skipped 3"):  # the bad-file list is cached too
         dm.setup("fit")
@@ -111,7 +111,7 @@ def test_disk_cache_is_reused_without_decoding(rps_dir, tmp_path, monkeypatch):
 
 
 def test_read_only_data_dir_falls_back_to_user_cache(rps_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr("datamodules.normalization.USER_CACHE", tmp_path / "user_cache")
+    monkeypatch.setattr("datamodules.image_cache.USER_CACHE", tmp_path / "user_cache")
     rps_dir.chmod(0o555)  # r-x like ../shared/data; honoured even when the tests run as root
     try:
         dm = RPSDataModule(rps_dir, num_workers=0)

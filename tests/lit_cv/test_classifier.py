@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -161,3 +162,42 @@ def test_checkpoint_reload_predicts_identically(tiny_trainer_kwargs, tmp_path):
     model.eval(), reloaded.eval()
     assert torch.equal(model.predict_proba(x), reloaded.predict_proba(x))
     assert reloaded.hparams.num_classes == 3 and not {"net", "optimizer"} & set(reloaded.hparams)
+
+
+class _FigureLogger(Logger):
+    """A logger whose ``experiment`` records the figures added to it, as TensorBoard's would show them."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures = {}
+
+    @property
+    def name(self):
+        return "figures"
+
+    @property
+    def version(self):
+        return 0
+
+    @property
+    def experiment(self):
+        return self
+
+    def add_figure(self, tag, figure, global_step=None):
+        self.figures[tag] = figure
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def test_confusion_matrix_figure_is_logged_and_closed(tiny_trainer_kwargs):
+    import matplotlib.pyplot as plt
+
+    logger = _FigureLogger()
+    model = Classifier(_linear(3), optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    _fit(model, {**tiny_trainer_kwargs, "logger": logger}, epochs=1)
+    figure = logger.figures["val/confusion_matrix"]
+    assert not plt.fignum_exists(figure.number)  # closed once logged: long runs do not accumulate figures

@@ -17,7 +17,7 @@ QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
 def lit_cv(*args, cwd, timeout=300):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "lit_cv.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "lit_cv.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False,
         timeout=timeout,
     )
 
@@ -104,20 +104,3 @@ def test_wrong_type_names_the_key(tmp_path):
     result = lit_cv("fit", "--config", QUICKSTART, "--trainer.max_epochs", "many", cwd=tmp_path)
     assert result.returncode != 0
     assert "max_epochs" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_checkpoint_runs_do_not_fetch_pretrained_weights():
-    from jsonargparse import Namespace
-
-    from lit_cv.cli import skip_pretrained_download
-
-    def config(ckpt_path, pretrained):
-        net = Namespace(class_path="lit_cv.nets.TransferNet", init_args=Namespace(pretrained=pretrained))
-        return Namespace(ckpt_path=ckpt_path, model=Namespace(net=net))
-
-    with_ckpt = config("last.ckpt", True)
-    skip_pretrained_download(with_ckpt)
-    assert with_ckpt.model.net.init_args.pretrained is False
-    fresh = config(None, True)
-    skip_pretrained_download(fresh)
-    assert fresh.model.net.init_args.pretrained is True

@@ -1,5 +1,5 @@
-"""Schedules: the LR of every batch of a real ``Trainer.fit`` against closed-form formulas, and the dry run
-(:func:`simulate_module_schedule`) against the same fit."""
+"""Schedules: the LR of every batch of a real training ``Trainer.fit`` and of the preview
+(:func:`preview_schedule`, a fit that trains nothing) against closed-form formulas."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import (
     CosineAnnealingWarmRestarts,
     CyclicLR,
@@ -30,8 +31,7 @@ from lit_cv.schedules import (
     StepDecay,
     build_optimizer_and_scheduler,
     has_momentum,
-    simulate_module_schedule,
-    simulate_schedule,
+    preview_schedule,
     step_decay,
     step_scheduler,
 )
@@ -102,8 +102,8 @@ def _fit(
     return recorder
 
 
-def _simulated(build, epochs, batches, **kwargs) -> list[float]:
-    return simulate_module_schedule(build(), max_epochs=epochs, steps_per_epoch=batches, **kwargs)
+def _previewed(build, epochs, batches, **kwargs) -> list[float]:
+    return preview_schedule(build(), max_epochs=epochs, batches_per_epoch=batches, **kwargs).lrs
 
 
 # ------------------------------------------------------------------------------------------- closed forms
@@ -158,31 +158,47 @@ CYCLIC = partial(CyclicLR, base_lr=0.001, max_lr=0.01, step_size_up=2)
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "cycles"),
+    ("optimizer", "name", "why"),
     [
-        (partial(torch.optim.Adam, lr=0.1), False),  # torch would cycle beta1
-        (partial(torch.optim.Adagrad, lr=0.1), False),  # torch would raise
-        (partial(torch.optim.SGD, lr=0.1), False),  # torch would switch momentum on
-        (partial(torch.optim.SGD, lr=0.1, momentum=0.9), True),
+        (partial(torch.optim.Adam, lr=0.1), "torch.optim.Adam", "its beta1 would be cycled instead"),
+        (partial(torch.optim.SGD, lr=0.1), "torch.optim.SGD", "momentum is 0"),
     ],
 )
-def test_cyclic_momentum_cycling_only_with_momentum(optimizer, cycles):
+def test_cyclic_momentum_cycling_without_momentum_is_refused_with_the_fix(optimizer, name, why):
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert not has_momentum(optimizer(params))
+    with pytest.raises(ValueError) as err:
+        build_optimizer_and_scheduler(optimizer, CYCLIC, params)
+    assert str(err.value) == (
+        f"CyclicLR cycles momentum (cycle_momentum: true, torch's default) but {name} has no `momentum` "
+        f"({why}); set `cycle_momentum: false` in lr_scheduler.init_args, or use SGD with momentum "
+        "(e.g. `momentum: 0.9`)."
+    )
+
+
+def test_cyclic_on_an_optimizer_without_momentum_or_betas_gets_torchs_refusal():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        build_optimizer_and_scheduler(partial(torch.optim.Adagrad, lr=0.1), CYCLIC, params)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "cycle_momentum"),
+    [
+        (partial(torch.optim.SGD, lr=0.1, momentum=0.9), True),
+        (partial(torch.optim.Adam, lr=0.1), False),
+        (partial(torch.optim.SGD, lr=0.1), False),
+    ],
+)
+def test_cyclic_builds_as_configured(optimizer, cycle_momentum):
     params = [torch.nn.Parameter(torch.zeros(2))]
     before = optimizer(params).param_groups[0]
-    opt, scheduler = build_optimizer_and_scheduler(optimizer, CYCLIC, params)
-    assert scheduler.cycle_momentum is cycles
-    assert has_momentum(optimizer(params)) is cycles
-    if not cycles:  # the optimizer's own momentum settings are untouched
+    cyclic = partial(CYCLIC, cycle_momentum=cycle_momentum)
+    opt, scheduler = build_optimizer_and_scheduler(optimizer, cyclic, params)
+    assert scheduler.cycle_momentum is cycle_momentum
+    if not cycle_momentum:  # the optimizer's own momentum settings are untouched
         for key in ("betas", "momentum"):
             assert opt.param_groups[0].get(key) == before.get(key)
-
-
-def test_cyclic_factory_without_cycle_momentum_argument_says_the_fix():
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    with pytest.raises(ValueError, match="cycle_momentum: false"):
-        build_optimizer_and_scheduler(
-            partial(torch.optim.Adam, lr=0.1), lambda opt: CyclicLR(opt, 0.001, 0.01, step_size_up=2), params
-        )
 
 
 def test_cosine_restarts_per_step_needs_the_epoch_length():
@@ -197,12 +213,31 @@ def test_cosine_restarts_per_step_needs_the_epoch_length():
         )
 
 
-def test_simulate_refuses_plateau_per_step_before_validation():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    with pytest.raises(ValueError, match="scheduler_interval: epoch"):
-        simulate_schedule(opt, ReduceLROnPlateau(opt), max_epochs=2, steps_per_epoch=3, interval="step")
-    with pytest.raises(ValueError, match="one per epoch"):
-        simulate_schedule(opt, ReduceLROnPlateau(opt), max_epochs=3, steps_per_epoch=3, metrics=[1.0])
+def test_preview_trains_nothing_and_leaves_the_module_as_it_was():
+    optimizer = partial(torch.optim.SGD, lr=0.1, weight_decay=0.1)  # would move weights given a gradient
+    model = _model(optimizer, partial(StepLR, step_size=1, gamma=0.5))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    preview = preview_schedule(model, max_epochs=2, batches_per_epoch=3)
+    assert preview.lrs == [0.1] * 3 + [0.05] * 3
+    assert type(model) is Classifier
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_preview_applies_limit_train_batches():
+    build = partial(_model, partial(torch.optim.SGD, lr=0.1), partial(StepLR, step_size=1, gamma=0.5))
+    preview = preview_schedule(build(), max_epochs=2, batches_per_epoch=10, limit_train_batches=0.5)
+    assert preview.batches_per_epoch == 5 and preview.lrs == [0.1] * 5 + [0.05] * 5
+    with pytest.raises(ValueError, match="No training batch left"):
+        preview_schedule(build(), max_epochs=2, batches_per_epoch=10, limit_train_batches=0)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        preview_schedule(build(), max_epochs=0, batches_per_epoch=10)
+
+
+def test_preview_of_plateau_per_batch_fails_as_fit_does():
+    model = _model(partial(torch.optim.SGD, lr=0.1), ReduceLROnPlateau, "step")
+    with pytest.raises(MisconfigurationException, match="ReduceLROnPlateau conditioned on metric val/loss"):
+        preview_schedule(model, max_epochs=2, batches_per_epoch=3)
 
 
 # ------------------------------------------------------------------------------------------- real fits
@@ -237,7 +272,7 @@ def test_cosine_warm_restarts_per_batch_follows_the_course_and_is_logged(tiny_tr
     with open(logger.log_dir + "/metrics.csv") as f:
         logged = [float(row["lr-SGD"]) for row in csv.DictReader(f) if row.get("lr-SGD")]
     assert logged == pytest.approx(expected, rel=1e-6)
-    assert _simulated(build, epochs, batches) == pytest.approx(recorder.lrs, rel=1e-12)
+    assert _previewed(build, epochs, batches) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 def test_cosine_warm_restarts_per_epoch_is_a_staircase(tiny_trainer_kwargs):
@@ -250,6 +285,7 @@ def test_cosine_warm_restarts_per_epoch_is_a_staircase(tiny_trainer_kwargs):
         cosine_restarts_lr(Fraction(e), eta_max, 0.0, 2, 1) for e in range(epochs) for _ in range(batches)
     ]
     assert recorder.lrs == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert _previewed(build, epochs, batches) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
@@ -263,18 +299,20 @@ def test_cyclic_lr_per_batch(mode, tiny_trainer_kwargs):
     if mode == "triangular":  # momentum cycles inversely between max_momentum 0.9 and base_momentum 0.8
         expected_momenta = [0.9 - 0.1 * (lr - base) / (peak - base) for lr in expected]
         assert recorder.momenta == pytest.approx(expected_momenta, rel=1e-9)
-    assert _simulated(build, epochs, batches) == pytest.approx(recorder.lrs, rel=1e-12)
+    assert _previewed(build, epochs, batches) == pytest.approx(expected, rel=1e-9)
 
 
-def test_cyclic_lr_with_adam_trains_without_cycling_beta1(tiny_trainer_kwargs):
-    cyclic = partial(CyclicLR, base_lr=0.001, max_lr=0.01, step_size_up=2)
-    recorder = _fit(_model(partial(torch.optim.Adam, lr=0.5), cyclic, "step"), tiny_trainer_kwargs, 1, 4)
+def test_cyclic_lr_with_adam_needs_cycle_momentum_false(tiny_trainer_kwargs):
+    with pytest.raises(ValueError, match="set `cycle_momentum: false`"):
+        _fit(_model(partial(torch.optim.Adam, lr=0.5), CYCLIC, "step"), tiny_trainer_kwargs, 1, 4)
+    no_cycling = partial(CYCLIC, cycle_momentum=False)
+    recorder = _fit(_model(partial(torch.optim.Adam, lr=0.5), no_cycling, "step"), tiny_trainer_kwargs, 1, 4)
     assert recorder.lrs == pytest.approx([cyclic_lr(k, 0.001, 0.01, 2, "triangular") for k in range(4)])
-    assert recorder.momenta == [0.9] * 4
+    assert recorder.momenta == [0.9] * 4  # beta1 left alone
 
 
 def test_cyclic_lr_stepped_per_epoch_is_refused(tiny_trainer_kwargs):
-    model = _model(partial(torch.optim.SGD, lr=0.1), partial(CyclicLR, base_lr=0.001, max_lr=0.01), "epoch")
+    model = _model(partial(torch.optim.SGD, lr=0.1), partial(CYCLIC, cycle_momentum=False), "epoch")
     with pytest.raises(ValueError, match="scheduler_interval: step"):
         _fit(model, tiny_trainer_kwargs, 1, 2)
 
@@ -282,8 +320,10 @@ def test_cyclic_lr_stepped_per_epoch_is_refused(tiny_trainer_kwargs):
 def test_step_decay_lambda_lr_in_a_fit(tiny_trainer_kwargs):
     build = partial(_model, partial(torch.optim.Adam, lr=0.001), partial(LambdaLR, lr_lambda=step_decay))
     recorder = _fit(build(), tiny_trainer_kwargs, 10, 1)
-    assert recorder.lrs == pytest.approx([0.001 * 0.8 ** (e // 3) for e in range(10)], rel=1e-12)
+    expected = [0.001 * 0.8 ** (e // 3) for e in range(10)]
+    assert recorder.lrs == pytest.approx(expected, rel=1e-12)
     assert recorder.lrs[9] == pytest.approx(0.000512)
+    assert _previewed(build, 10, 1) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -298,10 +338,9 @@ def test_step_and_multistep_per_epoch(scheduler, factor, tiny_trainer_kwargs):
     lr, epochs, batches = 0.1, 5, 2
     build = partial(_model, partial(torch.optim.SGD, lr=lr), scheduler)
     recorder = _fit(build(), tiny_trainer_kwargs, epochs, batches)
-    assert recorder.lrs == pytest.approx(
-        [lr * factor(e) for e in range(epochs) for _ in range(batches)], rel=1e-12
-    )
-    assert _simulated(build, epochs, batches) == pytest.approx(recorder.lrs, rel=1e-12)
+    expected = [lr * factor(e) for e in range(epochs) for _ in range(batches)]
+    assert recorder.lrs == pytest.approx(expected, rel=1e-12)
+    assert _previewed(build, epochs, batches) == pytest.approx(expected, rel=1e-12)
 
 
 def test_step_frequency_counts_batches_within_each_epoch(tiny_trainer_kwargs):
@@ -313,16 +352,17 @@ def test_step_frequency_counts_batches_within_each_epoch(tiny_trainer_kwargs):
         lr * 0.5 ** (e * (batches // every) + b // every) for e in range(epochs) for b in range(batches)
     ]
     assert recorder.lrs == pytest.approx(expected, rel=1e-12)
-    assert _simulated(build, epochs, batches) == pytest.approx(recorder.lrs, rel=1e-12)
+    assert _previewed(build, epochs, batches) == pytest.approx(expected, rel=1e-12)
 
 
-def test_simulation_matches_fit_with_gradient_accumulation(tiny_trainer_kwargs):
+def test_gradient_accumulation_in_fit_and_preview(tiny_trainer_kwargs):
     epochs, batches = 2, 5
     build = partial(_model, partial(torch.optim.SGD, lr=0.1), partial(ExponentialLR, gamma=0.5), "step")
     recorder = _fit(build(), tiny_trainer_kwargs, epochs, batches, accumulate_grad_batches=2)
     # optimizer steps after batches 1, 3 and the last batch 4 of each epoch
-    assert recorder.lrs == pytest.approx([0.1 * 0.5**n for n in (0, 0, 1, 1, 2, 3, 3, 4, 4, 5)])
-    assert _simulated(build, epochs, batches, accumulate_grad_batches=2) == pytest.approx(recorder.lrs)
+    expected = [0.1 * 0.5**n for n in (0, 0, 1, 1, 2, 3, 3, 4, 4, 5)]
+    assert recorder.lrs == pytest.approx(expected)
+    assert _previewed(build, epochs, batches, accumulate_grad_batches=2) == pytest.approx(expected)
 
 
 class ScriptedValLoss(Classifier):
@@ -349,4 +389,7 @@ def test_reduce_on_plateau_of_val_loss(tiny_trainer_kwargs):
         expected[4] == lr and expected[5] == lr * factor and expected[9] == lr * factor**2
     )  # the table bites
     assert recorder.lrs == pytest.approx(expected, rel=1e-12)
-    assert _simulated(build, len(values), 1, metrics=values) == pytest.approx(recorder.lrs, rel=1e-12)
+    # the preview's monitor never improves: the earliest reductions
+    never_improving = plateau_lrs([1.0] * len(values), lr, factor, patience)
+    assert _previewed(build, len(values), 1) == pytest.approx(never_improving, rel=1e-12)
+    assert never_improving[:5] == [lr] * 4 + [lr * factor]

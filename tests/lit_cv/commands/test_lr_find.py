@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from callbacks.lr_range_test import LRRangeTestParams
 from lit_cv.commands.lr_find import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -25,6 +27,13 @@ def test_range_test_options_are_split_from_the_cli_arguments():
     assert rest == ["--config", "x.yaml", "--trainer.max_epochs=3"]
 
 
+def test_every_range_test_parameter_is_an_option_with_its_default():
+    defaults = vars(build_parser().parse_args([]))
+    for field in dataclasses.fields(LRRangeTestParams):
+        assert defaults.pop(field.name) == field.default
+    assert defaults == {"output_dir": None}
+
+
 def test_missing_config_and_bad_choices_exit_with_usage(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([])
@@ -33,6 +42,9 @@ def test_missing_config_and_bad_choices_exit_with_usage(capsys):
     with pytest.raises(SystemExit):
         main(["--config", str(QUICKSTART), "--method", "fastest"])
     assert "invalid choice: 'fastest'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--config", str(QUICKSTART), "--diverge-th", "1"])
+    assert "diverge_th must be > 1" in capsys.readouterr().err
 
 
 def test_too_short_curve_exits_1_with_the_reason(tmp_path, capsys):

@@ -115,6 +115,16 @@ def test_bad_arguments_say_the_fix(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def _refused(tmp_path, capsys, *args: str) -> str:
+    """Run plot-schedule on the quickstart plus ``args``, 3 epochs x 4 batches; the error it exits with."""
+    png = tmp_path / "s.png"
+    argv = ["--config", QUICKSTART, *args, "--trainer.max_epochs", "3", "--steps-per-epoch", "4"]
+    with pytest.raises(SystemExit):
+        lit_cv_main(["plot-schedule", *argv, "--output", str(png)])
+    assert not png.exists()
+    return capsys.readouterr().err
+
+
 def test_a_schedule_that_would_fail_during_fit_fails_here(tmp_path, capsys):
     one_cycle = tmp_path / "one_cycle.yaml"
     one_cycle.write_text(
@@ -124,21 +134,11 @@ def test_a_schedule_that_would_fail_during_fit_fails_here(tmp_path, capsys):
         "    init_args: {max_lr: 0.01, total_steps: 10}\n"
         "  scheduler_interval: step\n"
     )
-    with pytest.raises(SystemExit):
-        lit_cv_main(
-            [
-                "plot-schedule",
-                "--config",
-                QUICKSTART,
-                "--config",
-                str(one_cycle),
-                "--trainer.max_epochs",
-                "3",
-                "--steps-per-epoch",
-                "4",
-                "--output",
-                str(tmp_path / "s.png"),
-            ]
-        )
-    err = capsys.readouterr().err
+    err = _refused(tmp_path, capsys, "--config", str(one_cycle))
     assert "fails within 3 epochs x 4 batches" in err and "total steps is 10" in err
+
+
+def test_cyclic_momentum_cycling_on_adam_is_refused_with_the_fix(tmp_path, capsys):
+    cyclic = str(REPO / "configs" / "schedules" / "cyclic_triangular.yaml")
+    err = _refused(tmp_path, capsys, "--config", cyclic, "--model.lr_scheduler.init_args.cycle_momentum", "true")
+    assert "torch.optim.Adam has no `momentum`" in err and "set `cycle_momentum: false`" in err

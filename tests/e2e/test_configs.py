@@ -13,6 +13,7 @@ from conftest import REPO_ROOT
 from lit_cv.cli import LitCVCLI
 
 CONFIGS = sorted(p for p in (REPO_ROOT / "configs").glob("*.yaml"))
+SLOW = {"cats_dogs_vgg16_head"}  # builds the 138M-parameter VGG16 (like tests/lit_cv/nets/test_transfer.py)
 
 # datamodule class -> (generator of a data_dir in the real format, extra CLI overrides)
 DATA = {
@@ -37,7 +38,9 @@ def test_every_config_has_a_data_generator():
     assert not unknown, f"add a generator to DATA for {unknown}"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize(
+    "config", [pytest.param(c, id=c.stem, marks=[pytest.mark.slow] if c.stem in SLOW else []) for c in CONFIGS]
+)
 def test_config_fast_dev_run(config, tmp_path):
     make_data, extra = DATA[data_class(config)]
     args = ["fit", "--config", str(config), "--trainer.fast_dev_run", "true",

@@ -1,18 +1,16 @@
-"""The plain functions of the LR range test: LR sequence, smoothing, divergence, suggestions, result I/O, checks."""
+"""The curve of the LR range test: LR sequence, smoothing, divergence, suggestions, result I/O."""
 
 from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from lit_cv.lr_range_test import (
+from callbacks.lr_range_test.curve import (
     LRRangeTestResult,
-    check_supported,
     is_diverging,
     lr_sequence,
     make_lr_fn,
@@ -20,6 +18,7 @@ from lit_cv.lr_range_test import (
     suggest_lr,
     valley_index,
 )
+from callbacks.lr_range_test.params import LRRangeTestParams
 
 
 # ------------------------------------------------------------------------------------------ LR sequence
@@ -162,7 +161,7 @@ def test_result_json_round_trip_and_non_finite_as_null(tmp_path):
     lrs = list(np.geomspace(1e-5, 1.0, 41))
     raw = _sigmoid_curve(np.asarray(lrs), -2.5)
     raw[-1] = float("nan")
-    result = LRRangeTestResult.from_curve(lrs, raw, smoothing=1.0, skip_begin=2, skip_end=0)
+    result = LRRangeTestResult.from_curve(lrs, raw, LRRangeTestParams(smoothing=1.0, skip_begin=2, skip_end=0))
     assert result.suggestion == pytest.approx(lrs[20])  # 10**-2.5 is the 21st point
     assert set(result.suggestions) == {"steepest", "valley", "minimum"}
     path = result.save_json(tmp_path / "r.json")
@@ -170,46 +169,3 @@ def test_result_json_round_trip_and_non_finite_as_null(tmp_path):
     assert data["losses"][-1] is None and data["suggestion"] == result.suggestion
     back = LRRangeTestResult.from_dict(data)
     assert back.lrs == result.lrs and math.isnan(back.losses[-1]) and back.suggestion == result.suggestion
-
-
-def test_plot_of_a_short_curve_draws_every_point(tmp_path):
-    """torch-lr-finder draws a blank plot when num_iter is below its skip counts; ours draws what was recorded."""
-    import matplotlib.pyplot as plt
-
-    lrs = list(np.geomspace(1e-3, 1.0, 5))
-    result = LRRangeTestResult.from_curve(lrs, [1.0, 0.9, 0.8, 0.7, 0.6], skip_begin=10)
-    assert result.suggestion is None
-    fig = result.plot()
-    lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 1]
-    assert lines and all(len(line.get_xdata()) == 5 for line in lines)
-    assert fig.axes[0].get_xscale() == "log"
-    assert "no suggestion" in fig.axes[0].get_title()
-    plt.close(fig)
-    assert result.save_png(tmp_path / "short.png").stat().st_size > 0
-
-
-def test_plot_marks_the_suggestion():
-    import matplotlib.pyplot as plt
-
-    lrs = np.geomspace(1e-5, 1.0, 41)
-    result = LRRangeTestResult.from_curve(list(lrs), _sigmoid_curve(lrs, -2.5), smoothing=1.0, skip_begin=0)
-    fig = result.plot()
-    marker = [line for line in fig.axes[0].get_lines() if line.get_marker() == "o"]
-    assert len(marker) == 1 and marker[0].get_xdata()[0] == pytest.approx(result.suggestion)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------ supported set-ups
-def test_multi_process_ddp_is_refused():
-    trainer = SimpleNamespace(world_size=2, optimizers=[object()])
-    with pytest.raises(ValueError, match=r"world_size=2 .*--trainer.devices 1"):
-        check_supported(trainer, SimpleNamespace(automatic_optimization=True))
-
-
-def test_manual_optimization_and_several_optimizers_are_refused():
-    with pytest.raises(ValueError, match="automatic_optimization=False"):
-        check_supported(SimpleNamespace(world_size=1, optimizers=[object()]),
-                        SimpleNamespace(automatic_optimization=False))
-    with pytest.raises(ValueError, match="exactly one optimizer; configure_optimizers returned 2"):
-        check_supported(SimpleNamespace(world_size=1, optimizers=[object(), object()]),
-                        SimpleNamespace(automatic_optimization=True))

@@ -8,20 +8,13 @@ counter and the random number generators; the resumed run writes into the killed
 
 from __future__ import annotations
 
-import os
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from jsonargparse import Namespace
 from subprocess_runs import QUICKSTART, fast_config, lit_cv_env, run, start
-
-from callbacks.rng_state import RNGState
-from lit_cv.resume import find_last_checkpoint, reuse_last_version
 
 MAX_EPOCHS = 3
 STEPS_PER_EPOCH = 6
@@ -39,71 +32,6 @@ CYCLIC_LR = [
     "--model.lr_scheduler.step_size_up", "4", "--model.lr_scheduler.cycle_momentum", "false",
     "--model.scheduler_interval", "step",
 ]
-
-
-# ---------------------------------------------------------------------------------------------- lit_cv.resume
-def _touch_checkpoint(path: Path, mtime: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"x")
-    os.utime(path, (mtime, mtime))
-
-
-def test_find_last_checkpoint_picks_the_newest(tmp_path: Path) -> None:
-    now = time.time()
-    _touch_checkpoint(tmp_path / "exp" / "version_0" / "checkpoints" / "last.ckpt", now - 30)
-    _touch_checkpoint(tmp_path / "exp" / "version_2" / "checkpoints" / "last-v1.ckpt", now - 10)
-    _touch_checkpoint(tmp_path / "exp" / "version_3" / "checkpoints" / "best-epoch001.ckpt", now)  # not a last
-    _touch_checkpoint(tmp_path / "exp" / "slurm-77" / "checkpoints" / "last.ckpt", now - 20)
-
-    version, path = find_last_checkpoint(tmp_path, "exp")
-    assert (version, path.name) == (2, "last-v1.ckpt")
-
-    _touch_checkpoint(tmp_path / "exp" / "slurm-77" / "checkpoints" / "last.ckpt", now)
-    assert find_last_checkpoint(tmp_path, "exp")[0] == "slurm-77"
-    assert find_last_checkpoint(tmp_path, "other") is None
-
-
-def _fit_config(save_dir: Path, ckpt_path: str | None = "last", version: Any = None) -> Namespace:
-    logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                       init_args=Namespace(save_dir=str(save_dir), name="exp", version=version))
-    return Namespace(ckpt_path=ckpt_path, trainer=Namespace(logger=logger, default_root_dir=None),
-                     checkpoint=Namespace(dirpath=None))
-
-
-def test_reuse_last_version_sets_the_logger_version(tmp_path: Path) -> None:
-    _touch_checkpoint(tmp_path / "exp" / "version_1" / "checkpoints" / "last.ckpt", time.time())
-
-    config = _fit_config(tmp_path)
-    assert reuse_last_version(config) == 1
-    assert config.trainer.logger.init_args.version == 1
-
-    explicit = _fit_config(tmp_path, version="slurm-9")  # Lightning looks in an explicit version itself
-    assert reuse_last_version(explicit) is None and explicit.trainer.logger.init_args.version == "slurm-9"
-    fresh = _fit_config(tmp_path, ckpt_path=None)
-    assert reuse_last_version(fresh) is None and fresh.trainer.logger.init_args.version is None
-    empty = _fit_config(tmp_path / "nothing")  # first run: Lightning warns and starts version_0
-    assert reuse_last_version(empty) is None and empty.trainer.logger.init_args.version is None
-
-
-# ---------------------------------------------------------------------------------------------- callbacks.RNGState
-def _draw() -> tuple[float, float, torch.Tensor]:
-    return random.random(), float(np.random.rand()), torch.rand(3)
-
-
-def test_rng_state_restores_every_generator_after_the_sanity_check() -> None:
-    callback = RNGState()
-    saved = callback.state_dict()
-    expected = _draw()
-
-    resumed = RNGState()
-    resumed.load_state_dict(saved)
-    _draw()  # the resumed run's sanity check draws too
-    resumed.on_sanity_check_end(None, None)  # type: ignore[arg-type]
-    got = _draw()
-    assert got[:2] == expected[:2]
-    assert torch.equal(got[2], expected[2])
-    resumed.on_train_start(None, None)  # type: ignore[arg-type]
-    assert resumed._pending is None  # applied once only
 
 
 # ---------------------------------------------------------------------------------------------- kill, resume, compare

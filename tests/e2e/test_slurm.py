@@ -1,15 +1,13 @@
-"""SLURM preemption without a cluster: the environment a job step has, a fake ``scontrol``, real signals.
+"""SLURM preemption without a cluster: ``lit-cv fit`` as a job step (the environment ``srun`` exports, a fake
+``scontrol``) receives SIGUSR1 like a job 90 s before its time limit; the sbatch scripts run with a fake ``srun``.
 
-``lit_cv/slurm.py`` (job id, ``scontrol requeue``, node count) is tested directly; ``callbacks.SLURMRequeue`` inside
-a real ``lit-cv fit`` subprocess that receives SIGUSR1 like a job 90 s before its time limit.
+The helpers of ``callbacks/slurm_requeue.py`` are tested on their own in ``tests/callbacks/test_slurm_requeue.py``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
-import stat
 import subprocess
 import time
 from pathlib import Path
@@ -17,133 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fake_slurm import JOB_ID, SLURM_STEP_ENV, fake_scontrol, path_without_scontrol
 from subprocess_runs import QUICKSTART, fast_config, lit_cv_env, start
 
-from callbacks.slurm_requeue import SLURMRequeue
 from lit_cv.cli import main
-from lit_cv.slurm import num_nodes_from_env, requeue_job, slurm_job_id
-
-JOB_ID = "4242"
-# What srun exports to a one-task job step (Lightning's SLURMEnvironment reads these).
-SLURM_STEP_ENV = {
-    "SLURM_JOB_ID": JOB_ID,
-    "SLURM_JOB_NAME": "lit-cv-test",
-    "SLURM_NTASKS": "1",
-    "SLURM_NTASKS_PER_NODE": "1",
-    "SLURM_NNODES": "1",
-    "SLURM_NODEID": "0",
-    "SLURM_PROCID": "0",
-    "SLURM_LOCALID": "0",
-    "SLURM_NODELIST": "localhost",
-}
-
-
-def fake_scontrol(bin_dir: Path, record: Path, exit_code: int = 0, then_sigterm: bool = False) -> Path:
-    """An ``scontrol`` that appends its arguments to ``record``; like SLURM after a requeue it can SIGTERM its caller."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    script = bin_dir / "scontrol"
-    lines = ["#!/bin/sh", f'echo "$@" >> "{record}"']
-    if then_sigterm:
-        lines.append('kill -TERM "$PPID"')
-    lines.append(f"exit {exit_code}")
-    script.write_text("\n".join(lines) + "\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script
-
-
-def path_without_scontrol(bin_dir: Path | None) -> str:
-    dirs = [str(bin_dir)] if bin_dir else []
-    dirs += [d for d in os.environ["PATH"].split(os.pathsep) if d and not (Path(d) / "scontrol").exists()]
-    return os.pathsep.join(dirs)
-
-
-# ---------------------------------------------------------------------------------------------- lit_cv.slurm
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [({"SLURM_JOB_ID": "17"}, "17"), ({"SLURM_JOB_ID": "18", "SLURM_ARRAY_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "3"}, "9_3"),
-     ({}, None)],
-)
-def test_slurm_job_id(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str | None) -> None:
-    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert slurm_job_id() == expected
-
-
-def test_requeue_job_calls_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    record = tmp_path / "calls.txt"
-    fake_scontrol(tmp_path / "bin", record)
-    monkeypatch.setenv("PATH", path_without_scontrol(tmp_path / "bin"))
-    assert requeue_job("123_4") is True
-    assert record.read_text().split() == ["requeue", "123_4"]
-
-
-def test_requeue_job_reports_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    caplog.set_level(logging.ERROR, logger="lit_cv.slurm")
-    monkeypatch.setenv("PATH", path_without_scontrol(None))
-    assert requeue_job("123") is False
-    assert "`scontrol` is not on PATH" in caplog.text and "#21404" in caplog.text
-
-    fake_scontrol(tmp_path / "bin", tmp_path / "calls.txt", exit_code=1)
-    monkeypatch.setenv("PATH", path_without_scontrol(tmp_path / "bin"))
-    assert requeue_job("123") is False
-    assert "exited with 1" in caplog.text
-
-    assert requeue_job("123; rm -rf /") is False
-    assert "is not a SLURM job id" in caplog.text
-    assert (tmp_path / "calls.txt").read_text().split() == ["requeue", "123"]  # the bad id never reached scontrol
-
-
-def test_requeue_job_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/bin/sh\nsleep 30\n")
-    (bin_dir / "scontrol").chmod(0o755)
-    monkeypatch.setenv("PATH", path_without_scontrol(bin_dir))
-    started = time.monotonic()
-    assert requeue_job("5", timeout=0.5) is False
-    assert time.monotonic() - started < 10
-    assert "timed out" in caplog.text
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ({}, 1),
-        ({"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "train"}, 2),
-        ({"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "interactive"}, 1),  # salloc shell, no srun
-        ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "4"}, 4),  # torchrun --nnodes 4 --nproc-per-node 4
-    ],
-)
-def test_num_nodes_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: int) -> None:
-    for key in ("SLURM_NTASKS", "SLURM_NNODES", "SLURM_JOB_NAME", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert num_nodes_from_env() == expected
-
-
-def test_slurm_requeue_rejects_bad_timeout() -> None:
-    with pytest.raises(ValueError, match="timeout must be > 0 seconds, got 0"):
-        SLURMRequeue(timeout=0)
-
-
-def test_handlers_only_set_flags_while_active_then_pass_signals_on() -> None:
-    received: list[int] = []
-    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
-    callback = SLURMRequeue()
-    try:
-        callback._install({signal.SIGUSR1: callback._on_requeue_signal})
-        assert signal.getsignal(signal.SIGUSR1) == callback._on_requeue_signal
-        callback._on_requeue_signal(signal.SIGUSR1, None)  # what Python runs on SIGUSR1: no I/O, just the flag
-        assert callback.requeue_requested and received == []
-        callback._restore()
-        assert signal.getsignal(signal.SIGUSR1) not in (callback._on_requeue_signal, signal.SIG_DFL)
-        callback._on_requeue_signal(signal.SIGUSR1, None)  # left installed by someone after fit: passed on
-        assert received == [signal.SIGUSR1]
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
 
 
 # ---------------------------------------------------------------------------------------------- a real fit, signalled
@@ -205,7 +80,7 @@ def test_sbatch_script_runs_a_resumable_fit_that_parses(
     script: str, preset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Run the batch script with a fake ``srun`` that records its command, then parse that command."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     record = tmp_path / "srun_args.txt"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -11,7 +11,6 @@ import yaml
 
 from callbacks import ChannelsLast
 from lit_cv.cli import LitCVCLI, main
-from lit_cv.precision import BestMixedPrecision, best_mixed_precision
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO_ROOT / "configs" / "quickstart.yaml"
@@ -62,17 +61,6 @@ def test_multinode_takes_num_nodes_from_the_environment(
         monkeypatch.setenv(key, value)
     multinode = REPO_ROOT / "configs" / "trainer" / "multinode.yaml"
     assert _print_config(capsys, multinode)["trainer"]["num_nodes"] == num_nodes
-
-
-@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
-def test_best_mixed_precision(bf16: bool, expected: str) -> None:
-    assert best_mixed_precision(bf16) == expected
-
-
-def test_best_mixed_precision_plugin_follows_the_device() -> None:
-    plugin = BestMixedPrecision()
-    assert plugin.precision == best_mixed_precision()
-    assert (plugin.scaler is not None) == (plugin.precision == "16-mixed")  # fp16 needs loss scaling, bf16 not
 
 
 def _preset_params() -> list[Any]:

@@ -1,0 +1,23 @@
+"""Runner helpers that need no training: time to target."""
+
+from __future__ import annotations
+
+import pytest
+
+from lit_cv.experiments.runners import time_to_target
+
+HISTORY = [{"epoch": 0, "seconds": 6.337, "val/acc": 0.6}, {"epoch": 1, "seconds": 12.71, "val/acc": 0.9},
+           {"epoch": 2, "seconds": 19.0, "val/acc": 0.95}]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (None, {}),
+        (("val/acc", 0.85), {"target": "val/acc >= 0.85", "target_epoch": 2, "target_seconds": 12.7}),
+        (("val/acc", 0.99), {"target": "val/acc >= 0.99", "target_epoch": None, "target_seconds": None}),
+        (("val/auroc", 0.5), {"target": "val/auroc >= 0.5", "target_epoch": None, "target_seconds": None}),
+    ],
+)
+def test_time_to_target(target, expected):
+    assert time_to_target(HISTORY, target) == expected
