@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 from callbacks.lr_range_test import LRRangeTest, LRRangeTestParams, write_report
+from lit_cv.commands import build_experiment, parse_experiment
 
 
 def _optional_float(text: str) -> float | None:
@@ -49,18 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from lit_cv.cli import LitCVCLI
-
     parser = build_parser()
-    options, cli_args = parser.parse_known_args(argv)
-    if not cli_args:
-        parser.error("give the experiment, e.g. `lit-cv lr-find --config configs/quickstart.yaml`.")
+    options, cli_args = parse_experiment(parser, argv, "lr-find")
     params = {field.name: getattr(options, field.name) for field in dataclasses.fields(LRRangeTestParams)}
     try:
         finder = LRRangeTest(exit_after=True, **params)
     except ValueError as error:
         parser.error(str(error))
-    cli = LitCVCLI(args=cli_args, run=False)
+    cli = build_experiment(cli_args)
     cli.trainer.callbacks.append(finder)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     result = finder.result

@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sys
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from callbacks.figures import figure
+from lit_cv.commands import build_experiment, parse_experiment
 from lit_cv.schedules import preview_schedule
 
 MAX_EPOCH_LINES = 100  # more epoch boundaries than this are thinned out
@@ -128,16 +127,11 @@ def write_csv(lrs: list[float], steps_per_epoch: int, path: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from lit_cv.cli import LitCVCLI
-
     parser = build_parser()
-    options, cli_args = parser.parse_known_args(argv)
-    if not cli_args:
-        parser.error("give the experiment, e.g. `lit-cv plot-schedule --config configs/quickstart.yaml`.")
+    options, cli_args = parse_experiment(parser, argv, "plot-schedule")
     if options.steps_per_epoch is not None and options.steps_per_epoch < 1:
         parser.error(f"--steps-per-epoch must be >= 1, got {options.steps_per_epoch}.")
-    with mock.patch.object(sys, "argv", sys.argv[:1]):  # args are given explicitly: no "both given" warning
-        cli = LitCVCLI(args=cli_args, run=False)
+    cli = build_experiment(cli_args)
     trainer = cli.trainer
     max_epochs = trainer.max_epochs
     if max_epochs is None or max_epochs < 1:
