@@ -14,11 +14,17 @@ once it diverges, suggest an LR from the curve, and leave no trace of the run. O
 from callbacks.lr_range_test.apply import apply_suggestion
 from callbacks.lr_range_test.callback import LRRangeTest
 from callbacks.lr_range_test.curve import LRRangeTestResult, lr_sequence, make_lr_fn, suggest_lr
-from callbacks.lr_range_test.params import SUPPORTED_METHODS, SUPPORTED_STEP_MODES, LRRangeTestParams
+from callbacks.lr_range_test.params import (
+    DEFAULT_METHOD,
+    SUPPORTED_METHODS,
+    SUPPORTED_STEP_MODES,
+    LRRangeTestParams,
+)
 from callbacks.lr_range_test.report import plot_curve, write_report
 from callbacks.lr_range_test.run import run_lr_range_test
 
 __all__ = [
+    "DEFAULT_METHOD",
     "SUPPORTED_METHODS",
     "SUPPORTED_STEP_MODES",
     "LRRangeTest",

@@ -53,7 +53,7 @@ class LRRangeTest(Callback):
 
         finder = LRRangeTest(end_lr=0.1, num_iter=50)
         Trainer(callbacks=[finder]).fit(model, datamodule=dm)
-        finder.result.suggestion, finder.result.suggestions["valley"]
+        finder.result.suggestion, finder.result.suggestions["steepest"]  # valley by default, all three saved
     """
 
     SUPPORTED_STEP_MODES = SUPPORTED_STEP_MODES

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from callbacks.lr_range_test.params import (
+    DEFAULT_METHOD,
     SUPPORTED_METHODS,
     LRRangeTestParams,
     check_method,
@@ -73,15 +74,18 @@ def is_diverging(smoothed_loss: float, best_loss: float, diverge_th: float | Non
     return diverge_th is not None and smoothed_loss > diverge_th * best_loss
 
 
-def steepest_index(lrs: Sequence[float], losses: Sequence[float]) -> int:
-    """Index of the most negative gradient of ``losses`` against ``log10(lr)`` (the course's default)."""
+def steepest_index(lrs: Sequence[float], losses: Sequence[float], last: int | None = None) -> int:
+    """Index of the most negative gradient of ``losses`` against ``log10(lr)`` (the course's and torch-lr-finder's
+    rule), among indices ``0..last`` (all when None); the gradient is that of the whole curve, so a point keeps its
+    slope whatever ``last`` is."""
     gradients = np.gradient(np.asarray(losses, dtype=float), np.log10(np.asarray(lrs, dtype=float)))
-    return int(np.argmin(gradients))
+    return int(np.argmin(gradients if last is None else gradients[: last + 1]))
 
 
 def valley_index(losses: Sequence[float]) -> int:
     """fastai's ``valley``: find the longest decreasing stretch of the curve (longest decreasing subsequence) and
-    return the index half-way down it, at ``start + int(length / 3) + int(length / 6)`` exactly as fastai."""
+    return the index half-way down it, at ``start + int(length / 3) + int(length / 6)`` exactly as fastai.
+    :func:`suggest_lr` applies it to the descent only."""
     n = len(losses)
     lds = [1] * n  # length of the longest decreasing subsequence ending at i
     max_start, max_end = 0, 0
@@ -101,9 +105,20 @@ def minimum_index(losses: Sequence[float]) -> int:
     return int(np.argmin(np.asarray(losses, dtype=float)))
 
 
+def descent(candidates: list[int], losses: Sequence[float]) -> list[int]:
+    """The candidates up to and including the lowest loss: where ``steepest`` and ``valley`` may suggest.
+
+    Past the smoothed minimum the loss rises towards divergence: a drop there is the echo of a spike, and fastai's
+    longest decreasing subsequence can skip the minimum and run on through a noisy plateau above it. In
+    results/lr_stability.md the first put steepest at 56x the other seeds' LR (digits), the second valley at 10x
+    (MNIST).
+    """
+    return candidates[: minimum_index([losses[i] for i in candidates]) + 1]
+
+
 @dataclass
 class Suggestion:
-    """A suggested LR (``None`` with a ``message`` when the curve is too short) and its index in the curve."""
+    """A suggested LR (``None`` with a ``message`` when the curve is too short or has no descent) and its index."""
 
     method: str
     lr: float | None
@@ -114,15 +129,16 @@ class Suggestion:
 def suggest_lr(
     lrs: Sequence[float],
     losses: Sequence[float],
-    method: str = "steepest",
+    method: str = DEFAULT_METHOD,
     skip_begin: int = 10,
     skip_end: int = 1,
 ) -> Suggestion:
     """Suggest an LR from a (smoothed) loss curve.
 
     The first ``skip_begin`` and last ``skip_end`` points are ignored (``skip_end=0`` keeps the end), then NaN/inf
-    points are dropped. ``index`` refers to the full ``lrs`` list; for ``minimum`` it is the minimum's index and the
-    LR is a tenth of it.
+    points are dropped. ``steepest`` and ``valley`` look only at the :func:`descent`, the points up to the lowest
+    loss. ``index`` refers to the full ``lrs`` list; for ``minimum`` it is the minimum's index and the LR is a tenth
+    of it.
     """
     check_method(method)
     check_skips(skip_begin, skip_end)
@@ -142,16 +158,26 @@ def suggest_lr(
             f"first {skip_begin} and last {skip_end}; {MIN_POINTS} are needed. Raise num_iter (or end_lr / "
             "diverge_th if the test stopped early), or lower skip_begin / skip_end.",
         )
-    sub_lrs = [lrs[i] for i in candidates]
-    sub_losses = [losses[i] for i in candidates]
+    if method == "minimum":
+        index = candidates[minimum_index([losses[i] for i in candidates])]
+        return Suggestion(method, float(lrs[index]) / 10.0, index)
+    points = descent(candidates, losses)
+    if len(points) < MIN_POINTS:
+        lowest = points[-1]
+        return Suggestion(
+            method,
+            None,
+            None,
+            f"No {method} suggestion: the smoothed loss is lowest at LR {lrs[lowest]:.3g}, point {len(points)} "
+            f"after skipping the first {skip_begin}; a descent of {MIN_POINTS} points before the minimum is needed. "
+            "Lower start_lr (or skip_begin), or use method 'minimum'.",
+        )
     if method == "steepest":
-        index = candidates[steepest_index(sub_lrs, sub_losses)]
-        return Suggestion(method, float(lrs[index]), index)
-    if method == "valley":
-        index = candidates[valley_index(sub_losses)]
-        return Suggestion(method, float(lrs[index]), index)
-    index = candidates[minimum_index(sub_losses)]
-    return Suggestion(method, float(lrs[index]) / 10.0, index)
+        last = len(points) - 1
+        index = candidates[steepest_index([lrs[i] for i in candidates], [losses[i] for i in candidates], last)]
+    else:
+        index = points[valley_index([losses[i] for i in points])]
+    return Suggestion(method, float(lrs[index]), index)
 
 
 def _finite_or_none(values: Sequence[float]) -> list[float | None]:
@@ -169,7 +195,7 @@ class LRRangeTestResult:
     lrs: list[float]
     losses: list[float]
     raw_losses: list[float]
-    method: str = "steepest"
+    method: str = DEFAULT_METHOD
     suggestion: float | None = None
     suggestion_index: int | None = None
     suggestions: dict[str, float | None] = field(default_factory=dict)

@@ -7,6 +7,7 @@ from typing import Any
 
 SUPPORTED_STEP_MODES = ("exp", "linear")
 SUPPORTED_METHODS = ("steepest", "valley", "minimum")
+DEFAULT_METHOD = "valley"  # the steadiest over seeds and datasets: results/lr_stability.md
 
 
 def _param(default: Any, help: str, **metadata: Any) -> Any:
@@ -33,9 +34,10 @@ class LRRangeTestParams:
     diverge_th: float | None = _param(5.0, "stop when the smoothed loss exceeds this x the best so far (None: never)")
     val_batches: int = _param(0, "0: training loss; N: mean loss on the first N validation batches after each step")
     method: str = _param(
-        "steepest",
-        "the suggestion used and applied: steepest (most negative slope against log-LR), valley (fastai) or "
-        "minimum (LR at the lowest loss / 10); all three are saved",
+        DEFAULT_METHOD,
+        "the suggestion used and applied: valley (fastai's: half-way down the longest descent), steepest (most "
+        "negative slope against log-LR, the course's) - both before the smoothed minimum - or minimum (LR at the "
+        "lowest loss / 10); all three are saved",
         choices=SUPPORTED_METHODS,
     )
     skip_begin: int = _param(10, "points ignored at the start of the curve when suggesting")

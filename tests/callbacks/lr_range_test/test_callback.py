@@ -163,7 +163,12 @@ def test_state_dict_round_trip():
     other.load_state_dict({})  # older checkpoints without the keys
     assert other.result is None and other.applied == ""
     assert LRRangeTest(num_iter=5).state_key != LRRangeTest(num_iter=6).state_key
-    assert LRRangeTest().state_key == (  # unchanged, so checkpoints of earlier runs still resume
+    # The key names the method: it is the default, valley, since results/lr_stability.md. A checkpoint written while
+    # steepest was the default resumes its result with `method: steepest` given; every other key is unchanged.
+    assert LRRangeTest().state_key == (
+        "LRRangeTest{'start_lr': 1e-06, 'end_lr': 1.0, 'num_iter': 100, 'step_mode': 'exp', 'method': 'valley'}"
+    )
+    assert LRRangeTest(method="steepest").state_key == (
         "LRRangeTest{'start_lr': 1e-06, 'end_lr': 1.0, 'num_iter': 100, 'step_mode': 'exp', 'method': 'steepest'}"
     )
 

@@ -15,10 +15,11 @@ from callbacks.lr_range_test.curve import (
     lr_sequence,
     make_lr_fn,
     smooth_losses,
+    steepest_index,
     suggest_lr,
     valley_index,
 )
-from callbacks.lr_range_test.params import LRRangeTestParams
+from callbacks.lr_range_test.params import DEFAULT_METHOD, LRRangeTestParams
 
 
 # ------------------------------------------------------------------------------------------ LR sequence
@@ -156,12 +157,104 @@ def test_unknown_method_is_refused():
         suggest_lr([1e-3, 1e-2, 1e-1], [1.0, 0.5, 0.2], "fast")
 
 
+# ------------------------------------------------------------------------------------------ descent before the minimum
+LRS = np.geomspace(1e-5, 1.0, 101)  # the course's 100 steps, log10 steps of 0.05
+SKIP = {"skip_begin": 10, "skip_end": 5}  # torch-lr-finder's, as in the course
+
+
+def _old_rule(method: str, losses: list[float]) -> int:
+    """The rules before the descent cut: steepest / valley over every point left after skipping."""
+    kept = list(range(SKIP["skip_begin"], len(losses) - SKIP["skip_end"]))
+    sub = [losses[i] for i in kept]
+    return kept[steepest_index(LRS[kept], sub) if method == "steepest" else valley_index(sub)]
+
+
+def _lowest(losses: list[float]) -> int:
+    kept = range(SKIP["skip_begin"], len(losses) - SKIP["skip_end"])
+    return min(kept, key=lambda i: losses[i])
+
+
+def _spiked_curve(seed: int) -> list[float]:
+    """Noisy raw losses falling from 2.3 to 1.3 around 10**-2.5, diverging past 10**-1.5, with one loss of 80 late
+    in the divergence: its smoothed echo decays steeply, steeper than the descent (digits seed 3 in the benchmark)."""
+    rng = np.random.default_rng(seed)
+    x = np.log10(LRS)
+    raw = 1.3 + 1.0 / (1.0 + np.exp(4.0 * (x + 2.5))) + np.where(x > -1.5, (x + 1.5) ** 2, 0.0)
+    raw = raw + rng.normal(0.0, 0.05, x.size)
+    raw[84 + seed % 8] += 80.0
+    return smooth_losses(list(raw), 0.05)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_noisy_curve_with_late_divergence_is_read_before_the_minimum(seed):
+    losses = _spiked_curve(seed)
+    lowest = _lowest(losses)
+    assert max(losses[lowest:]) < 5 * losses[lowest]  # the range test's divergence stop would not have fired
+    assert _old_rule("steepest", losses) > lowest  # the old steepest was the spike's echo, in the divergence
+    for method in ("steepest", "valley"):
+        found = suggest_lr(list(LRS), losses, method, **SKIP)
+        assert SKIP["skip_begin"] <= found.index < lowest, method
+        assert losses[found.index] > losses[lowest]  # on the way down
+    assert 1e-3 < suggest_lr(list(LRS), losses, DEFAULT_METHOD, **SKIP).lr < 1e-2  # the descent is 10**-3.5..-1.5
+
+
+def test_slow_descent_with_a_cliff_at_the_end_gets_the_valley_not_the_end():
+    # RPS seeds 0 and 3 in the benchmark: the loss falls slowly, drops sharply right before divergence (inside the
+    # last skipped points), so the steepest point is the end of the curve; the valley is half-way down.
+    losses = list(np.concatenate([np.linspace(2.3, 1.5, 91), np.linspace(1.45, 1.0, 5), np.linspace(1.5, 5, 5)]))
+    assert _old_rule("steepest", losses) == suggest_lr(list(LRS), losses, "steepest", **SKIP).index == 94
+    found = suggest_lr(list(LRS), losses, DEFAULT_METHOD, **SKIP)
+    assert found.method == "valley" and 45 <= found.index <= 55
+
+
+def test_valley_does_not_run_on_through_a_plateau_above_the_minimum():
+    # MNIST seed 3 in the benchmark: after the minimum (index 50) the loss bumps up and then creeps down on a long
+    # plateau that stays above it; fastai's longest decreasing subsequence skips the minimum and runs on into it.
+    losses = list(np.concatenate([np.linspace(2.3, 0.85, 51), np.linspace(0.95, 0.9, 45), np.linspace(1.5, 5, 5)]))
+    assert _lowest(losses) == 50 and _old_rule("valley", losses) > 50
+    found = suggest_lr(list(LRS), losses, "valley", **SKIP)
+    assert found.index == 10 + valley_index(losses[10:51])  # fastai's valley on the descent alone
+    assert 10 < found.index < 50
+
+
+def test_steepest_before_the_minimum_is_torch_lr_finders_point():
+    # On exponentially spaced LRs the gradient against log-LR is the gradient against the index, torch-lr-finder's
+    # `np.gradient(losses[10:-5]).argmin()`: the same point whenever it lies before the minimum.
+    rng = np.random.default_rng(0)
+    x = np.log10(LRS)
+    raw = 0.5 + 1.8 / (1.0 + np.exp(4.0 * (x + 2.5))) + np.where(x > -1.5, 3.0 * (x + 1.5) ** 2, 0.0)
+    losses = smooth_losses(list(raw + rng.normal(0.0, 0.05, x.size)), 0.05)
+    peer = 10 + int(np.gradient(np.asarray(losses[10:-5])).argmin())
+    assert peer < _lowest(losses)
+    assert suggest_lr(list(LRS), losses, "steepest", **SKIP).index == peer
+
+
+def test_a_curve_without_descent_gives_a_message():
+    losses = list(np.linspace(1.0, 3.0, 30))  # lowest at the first point considered
+    for method in ("steepest", "valley"):
+        found = suggest_lr(list(LRS[:30]), losses, method, **SKIP)
+        assert found.lr is None and found.index is None
+        assert "lowest at LR" in found.message and "Lower start_lr" in found.message
+    assert suggest_lr(list(LRS[:30]), losses, "minimum", **SKIP).index == 10
+
+
+def test_valley_is_the_default():
+    # The benchmark (results/lr_stability.md) chose it: the steadiest over seeds on every dataset.
+    assert DEFAULT_METHOD == "valley" == LRRangeTestParams().method
+    lrs = list(np.geomspace(1e-4, 1.0, 81))
+    losses = [3.0] * 20 + list(np.linspace(2.9, 1.0, 41)) + list(np.linspace(1.1, 3.0, 20))
+    assert suggest_lr(lrs, losses, skip_begin=0, skip_end=0) == suggest_lr(lrs, losses, "valley", 0, 0)
+    assert LRRangeTestResult.from_curve(lrs, losses, LRRangeTestParams(smoothing=1.0, skip_begin=0)).method == "valley"
+
+
 # ------------------------------------------------------------------------------------------ result
 def test_result_json_round_trip_and_non_finite_as_null(tmp_path):
     lrs = list(np.geomspace(1e-5, 1.0, 41))
     raw = _sigmoid_curve(np.asarray(lrs), -2.5)
     raw[-1] = float("nan")
-    result = LRRangeTestResult.from_curve(lrs, raw, LRRangeTestParams(smoothing=1.0, skip_begin=2, skip_end=0))
+    # pins the steepest point, so the method is named (the default is valley)
+    params = LRRangeTestParams(smoothing=1.0, skip_begin=2, skip_end=0, method="steepest")
+    result = LRRangeTestResult.from_curve(lrs, raw, params)
     assert result.suggestion == pytest.approx(lrs[20])  # 10**-2.5 is the 21st point
     assert set(result.suggestions) == {"steepest", "valley", "minimum"}
     path = result.save_json(tmp_path / "r.json")
