@@ -1,21 +1,56 @@
-"""Lightning's overhead: a config's training as a plain PyTorch loop, timed, to compare with ``lit-cv fit``.
+"""Framework overhead: a steady-state epoch of ``lit-cv fit`` (defaults on) against a plain PyTorch loop.
 
-    python benchmarks/overhead.py --config configs/rps_cnn2_dropout.yaml --data.init_args.data_dir DIR [--json FILE]
+    python benchmarks/overhead.py [--rounds 3] [--epochs 1 3] [--json FILE] --config configs/rps_cnn2_dropout.yaml \
+        --data.init_args.data_dir DIR
 
-Builds the net, datamodule and trainer settings as ``lit-cv fit`` does (every ``--config``/``--model.*``/``--data.*``/
-``--trainer.*`` argument works), then trains the same net on the same dataloaders for ``trainer.max_epochs`` epochs
-(``limit_train_batches`` / ``limit_val_batches`` honoured) with the config's optimizer and the task's torch loss, and
-measures validation accuracy after each epoch. The ratio to the ``fit_seconds`` of ``lit-cv fit`` on the same config
-is the framework's overhead; ``lit-cv reproduce`` reports both. The loop has no scheduler and no L1 penalty, so
-configs with either are refused.
+Every other argument goes to ``lit-cv fit`` as given (``--config``, ``--model.*``, ``--data.*``, ``--trainer.*``). In
+one process, ``--rounds`` times, alternating which goes first:
+
+- ``lit-cv fit`` (``lit_cv.cli.main``, exactly what the console script runs: progress bar, TensorBoard logger,
+  checkpoints, LR monitor, the full metric set, the per-class table and ``metrics.json``) with ``E1`` and with ``E2``
+  epochs; its epoch time is ``(T(E2) - T(E1)) / (E2 - E1)``, so start-up (parsing, data setup, sanity check, summary,
+  the final table) cancels;
+- the same net, optimizer, loss and cached tensors in a plain loop: batches sliced from the split's tensors with a
+  fresh permutation per epoch (the fastest way to write it by hand; through the datamodule's DataLoader when the
+  split has per-sample augmentation), then a validation pass counting correct predictions; timed the same way.
+
+Prints per-round and median epoch times (wall and CPU: this process's CPU seconds, all threads, steadier than wall
+time on a shared machine), the ratio (lit-cv / plain) with its min-max spread. ``--threads 1`` fixes torch's
+intra-op threads (on a busy 2-core machine two threads stall each other in small ops); the rich progress bar renders
+as in a terminal (``TTY_COMPATIBLE=1``, output swallowed), which is what a user at a terminal pays.
+
+What the changes for issue 13 saved. Profiled first (cProfile with a CPU clock over ``lit-cv fit``, Lightning's
+``SimpleProfiler``, micro-benchmarks of each piece); CPU ms on this 2-core machine, shared with other jobs:
+
+- per-step metrics: the 5 torchmetrics + confusion matrix updated every step cost 0.42 ms a step (RPS: 66 ms an
+  epoch); steps now append ``(probs, labels, loss)`` and the epoch end gathers them once (across ranks too) and
+  computes everything (also the DDP ordering fix, see ``lit_cv.classifier``);
+- per-step ``self.log``: Lightning 2.6 moves its record to the device on every call, ~0.5-0.9 ms; two calls a step
+  (``train/batch_loss``, ``train/loss``) plus ``val/loss`` per validation step became one call every
+  ``log_every_n_steps`` (RPS ~0.2 s an epoch, bank ~0.6 s);
+- the confusion matrix image drawn with PIL instead of a matplotlib figure: 106 -> 4 ms a validation (3 classes),
+  279 -> 23 ms (10 classes); FilterVisualization's PNG files likewise: 35-70 -> 4-10 ms each (4 a CNN2 epoch);
+- batches sliced from cached tensors (``datamodules.loaders``: ``index_select`` per batch, no per-sample tuples, no
+  collation): a loader epoch of RPS 24 -> 12 ms, of bank (566 batches of 64 rows) 188 -> 34 ms;
+- altogether, ``--trainer.callbacks '[]'`` (the issue's defaults: bar, checkpoints, LR monitor, all metrics, the
+  per-class table), 5 rounds of 1 vs 6 epochs, CPU time: RPS 2.32 -> 1.39 s an epoch (ratio 3.24 -> 2.21, plain
+  0.66 s); bank-full (1 vs 4 epochs) 6.15 -> 2.53 s (ratio 5.49 -> 2.56, plain 0.93 s).
+Not cut here (other files): the progress bar renders up to 100 times a second (Lightning's default ``refresh_rate``
+for ``RichProgressBar``, ~1 ms CPU a render); two checkpoint writes an epoch (~20 ms each); Lightning's dispatch of
+every hook to every callback (~10 callbacks, ~10 hooks a step).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
+import os
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,14 +59,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-
-def _batches(loader: Any, limit: float) -> Any:
-    """The first batches of ``loader`` as ``Trainer(limit_*_batches=limit)`` takes them (int: count, float: share)."""
-    count = limit if isinstance(limit, int) else int(len(loader) * limit)
-    for index, batch in enumerate(loader):
-        if index >= count:
-            return
-        yield batch
+from datamodules.loaders import split_tensors
 
 
 def _optimizer(config: Any, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -40,8 +68,32 @@ def _optimizer(config: Any, params: list[nn.Parameter]) -> torch.optim.Optimizer
     return getattr(importlib.import_module(module), name)(params, **config.init_args.as_dict())
 
 
-def plain_loop(cli_args: list[str]) -> dict[str, Any]:
-    """Train the net of ``lit-cv fit CLI_ARGS`` in a plain loop; returns seconds, epochs and the last val accuracy.
+def _limit(count: int, limit: float | None) -> int:
+    """Batches taken of ``count`` as ``Trainer(limit_*_batches=limit)`` takes them (int: count, float: share)."""
+    if limit is None:
+        return count
+    return min(count, limit if isinstance(limit, int) else int(count * limit))
+
+
+def _batches(dataset: Any, loader: Any, batch_size: int, shuffle: bool, limit: Any) -> Any:
+    """``(x, y)`` batches: sliced from the split's tensors when it has them, else from ``loader``."""
+    tensors = split_tensors(dataset)
+    if tensors is None:
+        for index, batch in enumerate(loader):
+            if index >= _limit(len(loader), limit):
+                return
+            yield batch[0], batch[1]
+        return
+    x, y = tensors
+    order = torch.randperm(len(y)) if shuffle else torch.arange(len(y))
+    count = _limit(-(-len(y) // batch_size), limit)
+    for index in order[: count * batch_size].split(batch_size):
+        yield x[index], y[index]
+
+
+def plain_loop(cli_args: list[str], epochs: int | None = None) -> dict[str, Any]:
+    """Train the net of ``lit-cv fit CLI_ARGS`` in a plain loop for ``epochs`` (default: the config's
+    ``max_epochs``); returns the seconds, the epochs and the last validation accuracy.
 
     Raises:
         ValueError: when the config has a learning-rate scheduler or an L1 penalty (the loop has neither).
@@ -54,6 +106,7 @@ def plain_loop(cli_args: list[str]) -> dict[str, Any]:
     if config["lr_scheduler"] is not None or config["l1_lambda"]:
         raise ValueError("The plain loop has no scheduler and no L1 penalty; add --model.lr_scheduler null "
                          "--model.l1_lambda 0 to compare like with like.")
+    epochs = trainer.max_epochs if epochs is None else epochs
     binary = config["task"] == "binary"
     loss_fn = nn.BCEWithLogitsLoss() if binary else nn.CrossEntropyLoss()
     device = trainer.strategy.root_device
@@ -62,11 +115,13 @@ def plain_loop(cli_args: list[str]) -> dict[str, Any]:
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")
+    train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
+    batch_size = train_loader.batch_size or train_loader.batch_sampler.batch_size
     correct = total = 0
-    start = time.perf_counter()
-    for _ in range(trainer.max_epochs):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(epochs):
         net.train()
-        for x, y in _batches(dm.train_dataloader(), trainer.limit_train_batches):
+        for x, y in _batches(train_loader.dataset, train_loader, batch_size, True, trainer.limit_train_batches):
             logits = net(x.to(device))
             y = y.to(device)
             loss = loss_fn(logits.squeeze(1), y.float()) if binary else loss_fn(logits, y.long())
@@ -76,24 +131,89 @@ def plain_loop(cli_args: list[str]) -> dict[str, Any]:
         net.eval()
         correct = total = 0
         with torch.no_grad():
-            for x, y in _batches(dm.val_dataloader(), trainer.limit_val_batches):
+            for x, y in _batches(val_loader.dataset, val_loader, batch_size, False, trainer.limit_val_batches):
                 logits = net(x.to(device))
                 preds = (logits.squeeze(1) > 0).long() if binary else logits.argmax(dim=1)
                 correct += int((preds.cpu() == y).sum())
                 total += len(y)
-    return {"plain_loop_seconds": time.perf_counter() - start, "plain_loop_val/acc": correct / max(total, 1),
-            "epochs": trainer.max_epochs, "device": str(device)}
+    return {"plain_loop_seconds": time.perf_counter() - start, "plain_loop_cpu_seconds": time.process_time() - cpu_start,
+            "plain_loop_val/acc": correct / max(total, 1), "epochs": epochs, "device": str(device)}
+
+
+def cli_fit_seconds(cli_args: list[str], epochs: int, save_dir: Path) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, all threads) of ``lit-cv fit CLI_ARGS --trainer.max_epochs EPOCHS`` run
+    in this process, its console output swallowed."""
+    from lit_cv.cli import main
+
+    args = ["fit", *cli_args, "--trainer.max_epochs", str(epochs), "--trainer.logger.init_args.save_dir",
+            str(save_dir)]
+    start, cpu_start = time.perf_counter(), time.process_time()
+    # rich renders the progress bar as in a terminal (the output is swallowed): what a user at a terminal pays
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            mock.patch.object(sys, "argv", sys.argv[:1]), mock.patch.dict(os.environ, {"TTY_COMPATIBLE": "1"}):
+        main(args)
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
+
+
+CLOCKS = ("wall", "cpu")
+
+
+def compare(cli_args: list[str], rounds: int, e1: int, e2: int) -> dict[str, Any]:
+    """Interleaved rounds of the plain loop and ``lit-cv fit``: per-epoch wall and CPU times and their ratios."""
+    plain_loop(cli_args, epochs=1)  # warm-up: decode/caches, first-call costs of torch
+    per_round = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            times: dict[str, float] = {}
+            for kind in ("plain", "cli") if r % 2 == 0 else ("cli", "plain"):
+                if kind == "plain":
+                    runs = [plain_loop(cli_args, epochs=e) for e in (e1, e2)]
+                    clocks = [(run["plain_loop_seconds"], run["plain_loop_cpu_seconds"]) for run in runs]
+                else:
+                    clocks = [cli_fit_seconds(cli_args, e, Path(tmp) / f"r{r}e{e}") for e in (e1, e2)]
+                for i, clock in enumerate(CLOCKS):
+                    times[f"{kind}_{clock}"] = (clocks[1][i] - clocks[0][i]) / (e2 - e1)
+            for clock in CLOCKS:
+                times[f"ratio_{clock}"] = times[f"cli_{clock}"] / times[f"plain_{clock}"]
+            per_round.append(times)
+            print(f"round {r + 1}: " + ", ".join(
+                f"{clock}: plain {times[f'plain_{clock}']:.3f} s/epoch, lit-cv {times[f'cli_{clock}']:.3f} s/epoch, "
+                f"ratio {times[f'ratio_{clock}']:.3f}" for clock in CLOCKS), flush=True)
+    for clock in CLOCKS:
+        print(f"{clock} time  plain loop s/epoch: {_spread([t[f'plain_{clock}'] for t in per_round])}")
+        print(f"{clock} time  lit-cv fit s/epoch: {_spread([t[f'cli_{clock}'] for t in per_round])}")
+        print(f"{clock} time  ratio lit-cv / plain: {_spread([t[f'ratio_{clock}'] for t in per_round])}")
+    median = {key: statistics.median(t[key] for t in per_round) for key in per_round[0]}
+    return {"rounds": per_round, "median": median, "epochs": [e1, e2], "torch_threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 1)")
+    parser.add_argument("--epochs", type=int, nargs=2, default=(1, 3), metavar=("E1", "E2"),
+                        help="the two run lengths whose difference is timed")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for both (default: torch's; 1 is steadier on a shared machine)")
+    parser.add_argument("--plain-only", action="store_true", help="only run the plain loop once (max_epochs)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     options, cli_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not cli_args:
         parser.error("give the experiment, e.g. --config configs/rps_cnn2_dropout.yaml")
-    result = plain_loop(cli_args)
-    print(f"plain PyTorch loop: {result['epochs']} epochs in {result['plain_loop_seconds']:.1f} s on "
-          f"{result['device']}, val/acc {result['plain_loop_val/acc']:.4f}")
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    e1, e2 = options.epochs
+    if options.rounds < 1 or not 1 <= e1 < e2:
+        parser.error(f"need --rounds >= 1 and 1 <= E1 < E2, got --rounds {options.rounds} --epochs {e1} {e2}")
+    if options.plain_only:
+        result = plain_loop(cli_args)
+        print(f"plain PyTorch loop: {result['epochs']} epochs in {result['plain_loop_seconds']:.1f} s on "
+              f"{result['device']}, val/acc {result['plain_loop_val/acc']:.4f}")
+    else:
+        result = compare(cli_args, options.rounds, e1, e2)
     if options.json is not None:
         options.json.parent.mkdir(parents=True, exist_ok=True)
         options.json.write_text(json.dumps(result, indent=2))

@@ -129,4 +129,5 @@ class BackboneFinetuning(_LightningBackboneFinetuning):
             if any(id(p) in restored for p in m.parameters(recurse=False))
         ]
         self.make_trainable(modules)
+        backbone.train(trainer.lightning_module.training)  # a net may keep a frozen backbone in eval mode
         set_frozen_bn_eval(backbone)

@@ -3,16 +3,54 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from callbacks.model_checkpoint import load_checkpoint_safely
+
+RESTORED_EPOCH_KEY = "restored_epoch"  # in trainer.callback_metrics after a restore (metrics.json, the table)
+
+
+def validate_restored(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+    """Validate ``pl_module``'s current weights once more at the end of ``fit`` and return the metrics it logged.
+
+    Runs ``trainer.validate`` inside ``fit``'s ``on_fit_end`` with only the progress bar as callback and no logger
+    (no checkpoint, report, figure or TensorBoard point comes from it), then puts back the callbacks, loggers and the
+    trainer state of ``fit``, and merges the new values into ``trainer.callback_metrics`` (keys not re-logged, e.g.
+    ``train/*``, keep their last values).
+    """
+    # Workaround, see docs/lightning-workarounds.md (Lightning has no evaluation inside fit: a nested validate).
+    saved = (trainer.callbacks, trainer.loggers, trainer.state.fn, trainer.state.status, trainer.state.stage)
+    before = dict(trainer.callback_metrics)
+    source = {"datamodule": trainer.datamodule} if trainer.datamodule is not None else {}
+    if not source and trainer.val_dataloaders is not None:
+        source = {"dataloaders": trainer.val_dataloaders}
+    trainer.callbacks = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
+    trainer.loggers = []
+    try:
+        with warnings.catch_warnings():
+            # the fit's own validations shard the data the same way, so the numbers compare like for like
+            warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders")
+            trainer.validate(pl_module, verbose=False, **source)
+        validated = dict(trainer.callback_metrics)
+    finally:
+        trainer.callbacks, trainer.loggers = saved[0], saved[1]
+        trainer.state.fn, trainer.state.status, trainer.state.stage = saved[2:]
+    trainer.callback_metrics.update({**before, **validated})
+    return validated
 
 
 class EarlyStopping(_LightningEarlyStopping):
@@ -24,9 +62,14 @@ class EarlyStopping(_LightningEarlyStopping):
     - ``restore_best_weights``: at the end of ``fit`` the module gets the weights of the epoch with the best
       ``monitor`` value, so ``trainer.test`` / ``predict`` after ``fit`` evaluate the best model, not the
       last. They come from the best checkpoint of a ``ModelCheckpoint`` watching the same ``monitor`` and
-      ``mode`` when there is one (the ``lit-cv`` CLI's default checkpoint watches ``val/loss``, ``min``), else
-      from an in-memory copy taken whenever the value improves. "Best" is the strictly best value seen, as
-      ModelCheckpoint defines it (``min_delta`` only affects patience).
+      ``mode`` when there is one (the ``lit-cv`` CLI's default checkpoint watches ``val/loss``, ``min``), read
+      with ``weights_only=True`` (a checkpoint holding pickled objects is refused with a warning and the last
+      weights are kept), else from an in-memory copy taken whenever the value improves. "Best" is the strictly
+      best value seen, as ModelCheckpoint defines it (``min_delta`` only affects patience).
+    - After a restore the restored weights are validated once more (:func:`validate_restored`): the ``val/*``
+      values in ``trainer.callback_metrics`` (so the final table and ``metrics.json`` of ``MetricsReport``, which
+      must come after this callback in ``trainer.callbacks``, as the ``lit-cv`` CLI orders them) are the restored
+      model's, and ``restored_epoch`` says which epoch they come from. ``train/*`` values stay the last epoch's.
     - With ``check_finite`` (default on) a NaN/inf *training loss* stops training after that batch, with a
       warning naming the global step, epoch and batch; Lightning itself only checks ``monitor`` once per
       epoch.
@@ -104,6 +147,7 @@ class EarlyStopping(_LightningEarlyStopping):
         self.best_weights_score: float | None = None  # strictly best value seen (ModelCheckpoint's notion)
         self.best_epoch: int | None = None
         self.restored_from: str | None = None  # "memory", a checkpoint path, or None
+        self.restored_metrics: dict[str, float] = {}  # validation of the restored weights
         self._best_weights: dict[str, torch.Tensor] | None = None
         self._batch_step = 0
 
@@ -211,8 +255,14 @@ class EarlyStopping(_LightningEarlyStopping):
         path = checkpoint.best_model_path if checkpoint is not None else ""
         trainer.strategy.barrier("early_stopping_restore")
         if path and Path(path).is_file():
-            # written by this fit's ModelCheckpoint (its hparams may hold partials): trusted, full unpickling
-            checkpoint_dict = trainer.strategy.load_checkpoint(path, weights_only=False)
+            try:  # restored from a resumed run folder, so not necessarily ours: never unpickle objects
+                if isinstance(trainer.strategy.checkpoint_io, TorchCheckpointIO):  # one local file
+                    checkpoint_dict = load_checkpoint_safely(path)
+                else:
+                    checkpoint_dict = trainer.strategy.load_checkpoint(path, weights_only=True)
+            except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as err:
+                rank_zero_warn(f"EarlyStopping: not restoring the best weights, keeping the last ones: {err}")
+                return
             trainer.strategy.load_model_state_dict(checkpoint_dict, strict=True)
             self.restored_from = path
         elif self._best_weights is not None:
@@ -230,3 +280,27 @@ class EarlyStopping(_LightningEarlyStopping):
             f"EarlyStopping: restored the best weights (epoch {self.best_epoch}, {score}) "
             f"from {self.restored_from}."
         )
+        self._report_restored(trainer, pl_module)
+
+    def _report_restored(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Validate the restored weights so the final metrics describe them, and say which epoch they are."""
+        if not is_overridden("validation_step", pl_module) or not trainer.limit_val_batches:
+            return
+        if trainer.strategy.launcher is not None and multiprocessing.parent_process() is not None:
+            # a process of `ddp_spawn` / `ddp_fork` / `ddp_notebook`: a nested validate would start processes again
+            rank_zero_warn(
+                "EarlyStopping: the final metrics are the last epoch's; the restored weights are validated again "
+                f"only under `ddp` or one device, not `{trainer.strategy.strategy_name}`."
+            )
+            return
+        validated = validate_restored(trainer, pl_module)
+        epoch = self.best_epoch if self.best_epoch is not None else -1
+        trainer.callback_metrics[RESTORED_EPOCH_KEY] = torch.tensor(epoch)
+        self.restored_metrics = {
+            k: float(v) for k, v in validated.items() if isinstance(v, torch.Tensor) and v.numel() == 1
+        }
+        if self.monitor in self.restored_metrics:
+            rank_zero_info(
+                f"EarlyStopping: validation of the restored weights (epoch {self.best_epoch}): "
+                f"{self.monitor}={self.restored_metrics[self.monitor]:.6g}."
+            )

@@ -19,7 +19,6 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torchvision.utils import make_grid
 
-from callbacks.figures import figure
 from callbacks.run_dir import run_dir
 
 GRID_PADDING = 2  # pixels between tiles (white)
@@ -108,6 +107,10 @@ def tile_centres(count: int, tile: int, padding: int = GRID_PADDING) -> list[flo
     return [padding + i * (tile + padding) + (tile - 1) / 2 for i in range(count)]
 
 
+PNG_MIN_WIDTH = 450  # pixels: small grids are enlarged (nearest neighbour) by an integer factor up to this
+PNG_FONT_SIZE = 12  # pixels
+
+
 def save_grid_png(
     grid: torch.Tensor,
     path: Path,
@@ -115,29 +118,51 @@ def save_grid_png(
     rows: tuple[str, int, int] | None = None,
     cols: tuple[str, int, int] | None = None,
 ) -> Path:
-    """Write ``grid`` (3, H, W) as a PNG with a title and optional labelled axes.
+    """Write ``grid`` (3, H, W) in [0, 1] as a PNG with a title and optional labelled axes.
 
-    ``rows`` / ``cols`` are ``(label, tile count, tile side in pixels)``; their tiles get index ticks.
+    ``rows`` / ``cols`` are ``(label, tile count, tile side in pixels)``; their tiles get index ticks (at most ~16).
+    Drawn with PIL, not matplotlib: ~3 ms instead of 35-70 ms CPU a file, which matters when it runs every epoch.
     """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=PNG_FONT_SIZE)
     height, width = grid.shape[1:]
-    fig_width = max(4.5, min(16.0, width / 50))
-    fig_height = min(20.0, (fig_width - 0.8) * height / width + 1.0)
-    with figure(path, figsize=(fig_width, fig_height)) as (fig, ax):
-        # fixed margins in inches (title above, labels left and below): cheaper than tight_layout
-        fig.subplots_adjust(
-            left=0.65 / fig_width, right=1 - 0.15 / fig_width, bottom=0.6 / fig_height, top=1 - 0.4 / fig_height
-        )
-        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        for axis, spec, set_label in ((ax.xaxis, cols, ax.set_xlabel), (ax.yaxis, rows, ax.set_ylabel)):
-            if spec is None:
-                axis.set_ticks([])
-                continue
-            label, count, tile = spec
-            step = max(1, math.ceil(count / 16))  # at most ~16 tick labels
-            axis.set_ticks(tile_centres(count, tile)[::step], [str(i) for i in range(0, count, step)])
-            set_label(label)
-        ax.tick_params(labelsize=7, length=0)
+    factor = max(1, PNG_MIN_WIDTH // width)
+    # numpy, not torch: small torch ops can stall on a busy CPU (see docs/lightning-workarounds.md)
+    pixels = (np.clip(grid.detach().cpu().permute(1, 2, 0).numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)
+    picture = Image.fromarray(np.ascontiguousarray(pixels)).resize((width * factor, height * factor), Image.NEAREST)
+    line = font.getbbox("Ag")[3] + 4
+    left = 2 * line + 8 if rows else 8
+    top, bottom = line + 8, (2 * line + 8 if cols else 8)
+    canvas_width = left + max(picture.width, int(font.getlength(title))) + 8
+    canvas = Image.new("RGB", (canvas_width, top + picture.height + bottom), "white")
+    canvas.paste(picture, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((left, 4), title, fill="black", font=font)
+    for spec, vertical in ((cols, False), (rows, True)):
+        if spec is None:
+            continue
+        label, count, tile = spec
+        step = max(1, math.ceil(count / 16))
+        for index, centre in zip(range(0, count, step), tile_centres(count, tile)[::step]):
+            text, at = str(index), centre * factor
+            text_width = draw.textlength(text, font=font)
+            if vertical:
+                draw.text((left - text_width - 4, top + at - line / 2), text, fill="black", font=font)
+            else:
+                draw.text((left + at - text_width / 2, top + picture.height + 2), text, fill="black", font=font)
+        if vertical:  # the row label, rotated, centred on the left
+            strip = Image.new("RGB", (int(draw.textlength(label, font=font)) + 2, line), "white")
+            ImageDraw.Draw(strip).text((1, 0), label, fill="black", font=font)
+            strip = strip.rotate(90, expand=True)
+            canvas.paste(strip, (2, top + max(0, (picture.height - strip.height) // 2)))
+        else:
+            label_width = draw.textlength(label, font=font)
+            draw.text((left + (picture.width - label_width) / 2, top + picture.height + line + 4), label,
+                      fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, compress_level=1)  # zlib level 1: a fraction of the default's time, files ~20 % larger
     return path
 
 

@@ -62,6 +62,7 @@ class CatsDogsDataModule(ImageFolderDataModule):
         download: bool = False,
     ) -> None:
         check_val_split(val_split)
+        data_dir, cache_dir = str(data_dir), None if cache_dir is None else str(cache_dir)  # plain hparams
         if resize_size is not None and image_size is not None and resize_size < image_size:
             raise ValueError(
                 f"resize_size ({resize_size}) must be >= image_size ({image_size}) for the centre crop."

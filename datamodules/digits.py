@@ -52,6 +52,7 @@ class DigitsDataModule(DataLoadersMixin, LightningDataModule):
         check_loader_args(batch_size, num_workers)
         self.save_hyperparameters()
         self.num_classes = 10
+        self.image_size = image_size  # linked into the net by the CLI (like num_classes)
         self.class_names = [str(i) for i in range(10)]
         self.datasets: dict[str, Dataset] = {}
 
@@ -62,6 +63,11 @@ class DigitsDataModule(DataLoadersMixin, LightningDataModule):
     @property
     def val_set(self) -> Dataset | None:
         return self.datasets.get("val")
+
+    def predict_ids(self) -> list[int]:
+        """The index in ``sklearn.datasets.load_digits()`` of each sample that ``predict`` sees, in order."""
+        self.setup()
+        return list(self.datasets[self.TEST_SPLIT].indices)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

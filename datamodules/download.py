@@ -1,11 +1,13 @@
 """Verified downloads and safe, atomic extraction of the datasets (``lit-cv download NAME --data-dir DIR``).
 
-Every file is streamed to ``<name>.part``, hashed on the fly and renamed into place only when its SHA-256 (or the
-publisher's MD5) matches; on a mismatch the partial file is deleted. Archives are checked member by member before
-anything is written (absolute paths, ``..`` components and links are refused: "zip-slip"), extracted into a
-temporary folder beside the target and renamed into place, so a half-extracted folder is never mistaken for a
-complete one. Where no published checksum could be verified offline, the download is checked by size/structure
-and the computed SHA-256 is printed (see the comments in :data:`DATASETS`).
+Every file is streamed to a hidden ``.<name>.<pid>.part``, verified and renamed into place only when its SHA-256 (or
+the publisher's MD5) matches; on a mismatch the partial file is deleted. An existing file or folder is never deleted
+or replaced before its replacement is downloaded and verified (``--force`` offline keeps what is there). Archives
+are checked member by member before anything is written (absolute paths, ``..`` components and links are refused:
+"zip-slip"), extracted into a hidden temporary folder beside the target and renamed into place, so a half-extracted
+folder is never mistaken for a complete one; the temporary files and folders of a killed run (their process is gone)
+are removed by the next run. Where no published checksum could be verified offline, the download is checked by
+size/structure and the computed SHA-256 is printed (see the comments in :data:`DATASETS`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 CHUNK = 1 << 20
 DOWNLOADS = ".downloads"  # archives are kept here until extracted
+EXTRACT_PREFIX = ".extract-"  # + "<pid>-<archive>-<random>": a temporary extraction folder
+PART = ".part"  # ".<name>.<pid>.part": a file being downloaded or decompressed
+LEFTOVER_FOLDERS = ("", DOWNLOADS, "MNIST/raw")  # where a killed run can leave them, relative to data_dir
 
 
 class ChecksumError(ValueError):
@@ -74,21 +79,23 @@ def verify_file(
 def fetch(resource: Resource, folder: Path, opener: Callable[[str], object] | None = None) -> Path:
     """Download ``resource`` into ``folder`` (skipped when a verified copy is there) and return its path.
 
-    The bytes go to ``<filename>.part``, which is removed if the download fails or the checksum does not match.
+    The bytes go to ``.<filename>.<pid>.part``, which is removed if the download fails or the checksum does not
+    match; an existing file that does not verify stays in place until a verified download replaces it (``os.replace``).
     ``opener`` (default ``urllib.request.urlopen``) is injectable for tests.
     """
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / resource.filename
+    kept = ""
     if target.is_file():
         try:
             verify_file(target, resource.sha256, resource.md5, resource.size)
             return target
-        except ChecksumError:
-            target.unlink()
+        except ChecksumError as err:
+            kept = f"\nThe existing {target} was left as it is (it does not verify: {err})"
     opener = opener or (lambda url: urllib.request.urlopen(url, timeout=60))
     errors = []
     for url in resource.urls:
-        part = folder / f"{resource.filename}.part"
+        part = folder / f".{resource.filename}.{os.getpid()}{PART}"
         try:
             print(f"Downloading {url}")
             with opener(url) as response, open(part, "wb") as out:  # type: ignore[attr-defined]
@@ -98,7 +105,7 @@ def fetch(resource: Resource, folder: Path, opener: Callable[[str], object] | No
             part.unlink(missing_ok=True)
             raise ChecksumError(
                 f"{err} Downloaded from {url}; the partial file was removed. Retry, or check that the file has not "
-                "changed upstream."
+                f"changed upstream.{kept}"
             ) from None
         except OSError as err:  # network error: try the next mirror
             part.unlink(missing_ok=True)
@@ -108,7 +115,7 @@ def fetch(resource: Resource, folder: Path, opener: Callable[[str], object] | No
             print(f"{resource.filename}: no published checksum; computed sha256 {file_digest(part)}")
         os.replace(part, target)
         return target
-    raise OSError(f"Could not download {resource.filename}:\n  " + "\n  ".join(errors))
+    raise OSError(f"Could not download {resource.filename}:\n  " + "\n  ".join(errors) + kept)
 
 
 def _check_member(name: str, archive: Path) -> None:
@@ -127,6 +134,11 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 _check_member(name, archive)
             zf.extractall(dest)
         return
+    if not tarfile.is_tarfile(archive):
+        raise ChecksumError(
+            f"{archive.name} is neither a zip nor a tar archive: a truncated or corrupt download. Delete {archive} "
+            "and download it again."
+        )
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
         for member in members:
@@ -145,7 +157,7 @@ def extract_atomic(archive: Path, dest: Path, force: bool = False) -> list[Path]
     top-level paths in ``dest``. On any error the temporary folder is removed and ``dest`` is unchanged.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".extract-{archive.name}-", dir=dest))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACT_PREFIX}{os.getpid()}-{archive.name}-", dir=dest))
     try:
         safe_extract(archive, tmp)
         placed = []
@@ -155,7 +167,7 @@ def extract_atomic(archive: Path, dest: Path, force: bool = False) -> list[Path]
                 if not force:
                     placed.append(target)
                     continue
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
+                os.replace(target, tmp / f".old-{entry.name}")  # aside, inside tmp: removed below
             os.replace(entry, target)
             placed.append(target)
         return placed
@@ -165,13 +177,48 @@ def extract_atomic(archive: Path, dest: Path, force: bool = False) -> list[Path]
 
 def gunzip_atomic(source: Path, target: Path) -> None:
     """Decompress ``source`` to ``target`` through a temporary file (torchvision's MNIST reads the raw files)."""
-    tmp = target.with_name(f".{target.name}.part")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}{PART}")
     try:
         with gzip.open(source, "rb") as f_in, open(tmp, "wb") as f_out:
             shutil.copyfileobj(f_in, f_out, CHUNK)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process whose id is in a temporary name (``.extract-<pid>-...``, ``.<file>.<pid>.part``) runs."""
+    digits = name[len(EXTRACT_PREFIX) :].split("-")[0] if name.startswith(EXTRACT_PREFIX) else name.split(".")[-2]
+    if not digits.isdigit():
+        return False  # an older lit-cv's name, without a process id
+    try:
+        os.kill(int(digits), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_leftovers(data_dir: Path) -> list[Path]:
+    """Remove the temporary extraction folders and partial files that a killed download left in ``data_dir``
+    (those of a download still running in another process are kept); returns what was removed."""
+    removed = []
+    for sub in LEFTOVER_FOLDERS:
+        folder = data_dir / sub
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            hidden = path.name.startswith(".") or sub == DOWNLOADS  # an older lit-cv wrote <name>.part there
+            leftover = (path.name.startswith(EXTRACT_PREFIX) and path.is_dir()) or (
+                hidden and path.name.endswith(PART) and path.is_file()
+            )
+            if leftover and not _owner_alive(path.name):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+    if removed:
+        print(f"Removed {len(removed)} leftover(s) of an interrupted download: {', '.join(p.name for p in removed)}")
+    return removed
 
 
 def _require(paths: list[Path], name: str) -> None:
@@ -274,7 +321,7 @@ def _download_bank(data_dir: Path, force: bool) -> None:
     if not force and all((data_dir / name).is_file() for name in wanted):
         return
     archive = fetch(BANK_UCI, data_dir / DOWNLOADS)
-    with tempfile.TemporaryDirectory(prefix=".extract-bank-", dir=data_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{EXTRACT_PREFIX}{os.getpid()}-bank-", dir=data_dir) as tmp:
         outer = Path(tmp) / "outer"
         safe_extract(archive, outer)
         for inner in sorted(outer.rglob("*.zip")):
@@ -302,6 +349,7 @@ def download_dataset(name: str, data_dir: str | Path, force: bool = False) -> Pa
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     data_dir = Path(data_dir).expanduser()
+    remove_leftovers(data_dir)
     try:
         DATASETS[name](data_dir, force)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -31,7 +32,7 @@ CacheMode = Literal["memory", "disk", "none"]
 SUPPORTED_CACHE = ("memory", "disk", "none")
 CACHE_DIR_NAME = ".lit-cv-cache"  # created inside the data folder when it is writable
 USER_CACHE = Path(os.environ.get("LIT_CV_CACHE", Path.home() / ".cache" / "lit-cv"))
-DECODE_VERSION = 1  # bump when decode_image changes, to invalidate disk caches
+DECODE_VERSION = 2  # bump when decode_image changes, to invalidate disk caches (2: real 16-bit values)
 STATS_VERSION = "course-per-image-v1"  # part of the statistics' cache key
 STATS_CHUNK = 512  # images read at a time when computing statistics
 
@@ -93,8 +94,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 def decode_image(path: str | Path, resize: int | None, crop: int | None) -> torch.Tensor:
     """Decode one image file to a uint8 ``3 x crop x crop`` tensor, as ``ImageFolder`` + ``Resize`` would.
 
-    RGBA, palette and grey images become RGB through PIL's ``convert("RGB")`` (``ImageFolder``'s loader);
-    ``Resize(resize)`` (shorter side, bilinear with antialias, on the PIL image) then ``CenterCrop(crop)``.
+    RGBA, palette and grey images become RGB through PIL's ``convert("RGB")`` (``ImageFolder``'s loader); 16-bit
+    and 32-bit integer grey images (PNG/TIFF ``I;16``, ``I``) are first scaled to 8 bits (:func:`to_8bit`), since PIL's
+    conversion clips them to 255 (solid white). ``Resize(resize)`` (shorter side, bilinear with antialias, on the PIL
+    image) then ``CenterCrop(crop)``.
 
     Raises:
         OSError: zero-byte, truncated or non-image file.
@@ -102,12 +105,26 @@ def decode_image(path: str | Path, resize: int | None, crop: int | None) -> torc
     with Image.open(path) as img:
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
-        img = img.convert("RGB")
+        img = to_8bit(img).convert("RGB")  # workaround, see docs/lightning-workarounds.md (PIL 16-bit convert)
     if resize is not None:
         img = TF.resize(img, resize)
     if crop is not None:
         img = TF.center_crop(img, crop)
     return TF.pil_to_tensor(img)
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A grey image with more than 8 bits per pixel as 8-bit ``L``: ``round(v * 255 / (2**bits - 1))`` with 16 bits
+    for ``I;16*`` (and for ``I`` images whose values exceed 255, e.g. PNG 16-bit read by older PIL), ``I`` values up
+    to 255 as they are; float ``F`` images in [0, 1] times 255, else clipped to [0, 255]. Other modes unchanged."""
+    if not (img.mode.startswith("I") or img.mode == "F"):
+        return img
+    array = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        scale = 255.0 if array.size and array.max() <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0 if img.mode.startswith("I;16") or (array.size and array.max() > 255) else 1.0
+    return Image.fromarray(np.clip(np.round(array * scale), 0, 255).astype(np.uint8))  # uint8 2-D: mode L
 
 
 def _try_decode(path: Path, resize: int | None, crop: int | None) -> torch.Tensor | None:
@@ -154,7 +171,7 @@ class CachedImages:
 
     def _array(self) -> np.ndarray:
         if self._mmap is None:  # opened lazily so DataLoader workers each map the file themselves
-            self._mmap = np.load(self.images, mmap_mode="r")
+            self._mmap = np.load(self.images, mmap_mode="r", allow_pickle=False)
         return self._mmap
 
     def image(self, index: int) -> torch.Tensor:
@@ -236,8 +253,8 @@ class ImageCache:
         bad: list[int] | None = None
         images: torch.Tensor | Path | None = None
         if meta is not None and meta.is_file():
-            bad = json.loads(meta.read_text())["bad"]
-            if npy is not None and npy.is_file():
+            bad = _read_bad_indices(meta, len(paths))
+            if bad is not None and npy is not None and _valid_npy(npy, len(paths) - len(bad), self.crop):
                 images = npy
         if images is None and (self.mode != "none" or bad is None):
             decoded, bad = decode_all(paths, self.resize, self.crop, keep=self.mode != "none")
@@ -271,6 +288,30 @@ class ImageCache:
             return images  # cache folder full or vanished: keep the tensors in memory
 
 
+def _read_bad_indices(meta: Path, n_files: int) -> list[int] | None:
+    """The unreadable-file indices of a ``files-<key>.json``, or None when the file is not what we wrote (then the
+    files are decoded again and it is rewritten). Only JSON is read: a cache file never runs code."""
+    try:
+        bad = json.loads(meta.read_text())["bad"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = isinstance(bad, list) and all(type(i) is int and 0 <= i < n_files for i in bad)
+    return sorted(set(bad)) if ok else None
+
+
+def _valid_npy(path: Path, n_images: int, crop: int | None) -> bool:
+    """Whether ``path`` is a decoded-images cache we wrote: a uint8 ``N x 3 x crop x crop`` array (read without
+    pickle; an object array, a truncated or foreign file is not), else it is decoded again and overwritten."""
+    if not path.is_file():
+        return False
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    shape = (n_images, 3, crop, crop) if crop is not None else None
+    return array.dtype == np.uint8 and array.ndim == 4 and (shape is None or array.shape == shape)
+
+
 # ---- cached statistics -----------------------------------------------------------------------------------------
 def train_statistics(train: CachedImages, folder: Path | None, **info: Any) -> Normalization:
     """The course's statistics of ``train`` (:func:`~datamodules.normalization.course_stats`), read from the cache
@@ -283,9 +324,11 @@ def train_statistics(train: CachedImages, folder: Path | None, **info: Any) -> N
     if path is not None and path.is_file():
         try:
             state = json.loads(path.read_text())
-            return Normalization("train", tuple(state["mean"]), tuple(state["std"]), extra=state)
+            mean, std = (tuple(float(v) for v in state[k]) for k in ("mean", "std"))
+            if len(mean) == len(std) and len(mean) in (1, 3) and all(map(math.isfinite, mean + std)):
+                return Normalization("train", mean, std, extra=state)
         except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable: recompute and overwrite
+            pass  # unreadable or not ours (JSON only: never code): recompute and overwrite
     mean, std, n = course_stats(train.chunks())
     norm = Normalization("train", mean, std)
     if path is not None:

@@ -63,6 +63,8 @@ class ImageFolderDataModule(ImageDataModule):
     ) -> None:
         if cache not in SUPPORTED_CACHE:
             raise ValueError(f"cache={cache!r} is not supported; use one of {', '.join(SUPPORTED_CACHE)}.")
+        # hparams (saved in checkpoints) hold plain strings, so checkpoints load with torch.load(weights_only=True)
+        data_dir, cache_dir = str(data_dir), None if cache_dir is None else str(cache_dir)
         super().__init__(
             data_dir, batch_size, num_workers, image_size, augment, normalize, cache_dir, download
         )
@@ -80,6 +82,12 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _in_memory(self) -> bool:
         return self.hparams.cache == "memory"
+
+    def predict_ids(self) -> list[str]:
+        """The source file of each sample that ``predict`` sees, in order (unreadable files are in no split, so
+        they shift nothing); ``callbacks.PredictionWriter`` writes them into ``predictions.csv``."""
+        self._prepare()
+        return [str(p) for p in self.splits[self.TEST_SPLIT].paths or []]
 
     def _class_tree(self, root: Path, aliases: dict[str, tuple[str, ...]] | None = None) -> FileSplit:
         """Files of ``root/<class>/**`` for every class in ``CLASS_NAMES`` (folder names matched case-insensitively,

@@ -1,9 +1,21 @@
-"""The four ``*_dataloader`` hooks, written once for every datamodule of the package."""
+"""The four ``*_dataloader`` hooks, written once for every datamodule of the package.
+
+Splits that are whole tensors (a ``TensorDataset``, a ``Subset`` of one, an image split cached and normalised in
+memory: see :func:`split_tensors`) are served a batch at a time: one indexing op per tensor instead of a
+``__getitem__`` per sample plus the collation of the samples. On CUDA, small ones live on the device: batches are
+indexed there, without workers and without a host-to-device copy per step. Everything else (per-sample
+augmentation, memory-mapped or decoded-on-read images) goes through the usual per-sample path.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+
+# splits up to this size (all their tensors) are moved to a CUDA device once instead of copied there every step
+DEVICE_CACHE_BYTES = 1 << 30
 
 
 def check_loader_args(batch_size: int, num_workers: int | None) -> None:
@@ -14,12 +26,95 @@ def check_loader_args(batch_size: int, num_workers: int | None) -> None:
         raise ValueError(f"num_workers must be >= 0 or None (auto), got {num_workers}.")
 
 
+def split_tensors(dataset: Dataset) -> tuple[torch.Tensor, ...] | None:
+    """The tensors whose rows are the samples of ``dataset`` (sample ``i`` is ``tuple(t[i] for t in tensors)``), or
+    None when a sample is more than that (per-sample transforms, files, memory maps).
+
+    Knows ``TensorDataset`` and any dataset with a ``tensors`` attribute of that meaning (``None`` when it has no
+    such tensors now, see ``ImageSplitDataset.tensors``), a ``Subset`` of either (its rows, copied) and
+    :class:`TensorBatches` (its source's).
+    """
+    if isinstance(dataset, TensorBatches):
+        return dataset.split_tensors()
+    if isinstance(dataset, Subset):
+        inner = split_tensors(dataset.dataset)
+        if inner is None:
+            return None
+        index = torch.as_tensor(dataset.indices, dtype=torch.long)
+        return tuple(t[index.to(t.device)] for t in inner)
+    tensors = getattr(dataset, "tensors", None)
+    if not isinstance(tensors, tuple) or not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        return None
+    if any(len(t) != len(tensors[0]) for t in tensors):
+        return None
+    return tensors
+
+
+class TensorBatches(Dataset):
+    """A tensor-backed split served a batch at a time: ``__getitems__(indices)`` (what the DataLoader's fetcher
+    calls with a batch's indices) returns the whole batch, ``[t[indices] for t in tensors]``, and
+    :func:`collate_batch` passes it through. Samples (``[i]``), the length and the source's attributes stay
+    those of ``source``.
+
+    Args:
+        source: the split (see :func:`split_tensors`); its tensors are read at every batch, so a normalisation
+            changed later (``load_state_dict``) is seen.
+        device: where to keep the tensors (moved once; ``None``: where they are). Batches come out there.
+    """
+
+    def __init__(self, source: Dataset, device: torch.device | None = None) -> None:
+        self.source = source
+        self.device = device
+        self._moved: tuple[tuple[int, ...], tuple[torch.Tensor, ...]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[index]
+
+    def split_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The source's tensors, on ``device``."""
+        tensors = split_tensors(self.source)
+        if tensors is None:
+            raise RuntimeError(f"{type(self.source).__name__} no longer serves whole tensors; rebuild the loader.")
+        if self.device is None:
+            return tensors
+        key = tuple(id(t) for t in tensors)
+        if self._moved is None or self._moved[0] != key:
+            self._moved = (key, tuple(t.to(self.device) for t in tensors))
+        return self._moved[1]
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        tensors = self.split_tensors()
+        index = torch.as_tensor(indices, dtype=torch.long, device=tensors[0].device)
+        return [t.index_select(0, index) for t in tensors]  # 3-5x faster than t[index] on small batches
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("source", "device", "_moved") or name.startswith("__"):
+            raise AttributeError(name)  # not set yet (unpickling in a worker): do not recurse into source
+        return getattr(self.source, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_moved": None}
+
+
+def collate_batch(batch: Any) -> Any:
+    """The DataLoader's ``collate_fn`` for :class:`TensorBatches`: the batch is already whole."""
+    return batch
+
+
 class DataLoadersMixin:
     """``train_dataloader`` (shuffled) and ``val``/``test``/``predict_dataloader`` over ``self.datasets[split]``.
 
     Mix in before ``LightningDataModule``. The datamodule fills ``self.datasets`` in ``setup`` and has
     ``hparams.batch_size`` and ``hparams.num_workers``; ``TEST_SPLIT`` is the split that ``test`` and ``predict``
     read (``"val"`` for a dataset without a test set). Override ``_num_workers`` for an automatic worker count.
+
+    Tensor-backed splits (:func:`split_tensors`) are sliced a batch at a time (:class:`TensorBatches`); with
+    ``num_workers: null`` on a CUDA device, those up to ``DEVICE_CACHE_BYTES`` are kept on the device, without
+    workers. The sampler stays a plain ``RandomSampler`` / ``SequentialSampler`` in a ``BatchSampler``, so
+    Lightning swaps in its ``DistributedSampler`` under DDP as usual.
     """
 
     TEST_SPLIT = "test"
@@ -40,15 +135,34 @@ class DataLoadersMixin:
     def _num_workers(self) -> int:
         return self.hparams.num_workers or 0  # type: ignore[attr-defined]
 
+    def _device(self) -> torch.device:
+        """The device the batches go to: the Trainer's (its rank's GPU under DDP), else the CPU."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _device_resident(self, tensors: tuple[torch.Tensor, ...] | None) -> bool:
+        """Keep the split on the CUDA device: tensor-backed, small, and workers left to us (``num_workers: null``)."""
+        if tensors is None or self._device().type != "cuda" or self.hparams.num_workers is not None:  # type: ignore[attr-defined]
+            return False
+        return sum(t.numel() * t.element_size() for t in tensors) <= DEVICE_CACHE_BYTES
+
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader.")
-        workers = self._num_workers()
+        dataset = self.datasets[split]
+        tensors = split_tensors(dataset)
+        on_device = self._device_resident(tensors)
+        workers = 0 if on_device else self._num_workers()
+        options: dict[str, Any] = {}
+        if tensors is not None:
+            dataset = TensorBatches(dataset, device=self._device() if on_device else None)
+            options["collate_fn"] = collate_batch
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.hparams.batch_size,  # type: ignore[attr-defined]
             shuffle=shuffle,
             num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available() and not on_device,
             persistent_workers=workers > 0,
+            **options,
         )

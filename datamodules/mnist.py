@@ -119,9 +119,17 @@ class MNISTDataModule(ImageDataModule):
         if train_from not in SUPPORTED_TRAIN_FROM:
             raise ValueError(f"train_from={train_from!r} is not supported; use 'train' or 'test'.")
         check_val_split(val_split)
+        data_dir, cache_dir = str(data_dir), None if cache_dir is None else str(cache_dir)  # plain hparams
         super().__init__(
             data_dir, batch_size, num_workers, image_size, augment, normalize, cache_dir, download
         )
+        self._ids: dict[str, list[str]] = {}  # per split: "<file>#<index in the file>" of every image
+
+    def predict_ids(self) -> list[str]:
+        """``<file>#<index>`` (e.g. ``t10k-images-idx3-ubyte.gz#17``, ``train.csv#3``: the 0-based image or data row
+        in that file) of each sample that ``predict`` sees, in order."""
+        self._prepare()
+        return self._ids[self.TEST_SPLIT]
 
     def _augmentation(self) -> Any:
         return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
@@ -204,12 +212,14 @@ class MNISTDataModule(ImageDataModule):
         test = None
         if hp.source == "csv":
             images, labels, key = self._read_csv()
-        elif hp.train_from == "test":
-            images, labels, key = self._read_idx_pair(self._idx_files(), "test")
+            pool_file = self._csv_file().name
         else:
             files = self._idx_files()
-            images, labels, key = self._read_idx_pair(files, "train")
-            test = self._read_idx_pair(files, "test")
+            pool = "test" if hp.train_from == "test" else "train"
+            images, labels, key = self._read_idx_pair(files, pool)
+            pool_file = files[f"{pool}_images"].name
+            if pool == "train":
+                test = self._read_idx_pair(files, "test")
         train_idx, val_idx = (
             torch.from_numpy(i) for i in stratified_split(labels.numpy(), hp.val_split, hp.seed)
         )
@@ -218,5 +228,14 @@ class MNISTDataModule(ImageDataModule):
             "train": self._cached(images[train_idx], labels[train_idx], (*tag, "train")),
             "val": self._cached(images[val_idx], labels[val_idx], (*tag, "val")),
         }
-        splits["test"] = splits["val"] if test is None else self._cached(test[0], test[1], (test[2], "test"))
+        self._ids = {
+            "train": [f"{pool_file}#{i}" for i in train_idx.tolist()],
+            "val": [f"{pool_file}#{i}" for i in val_idx.tolist()],
+        }
+        if test is None:
+            splits["test"], self._ids["test"] = splits["val"], self._ids["val"]
+        else:
+            splits["test"] = self._cached(test[0], test[1], (test[2], "test"))
+            test_file = self._idx_files()["test_images"].name
+            self._ids["test"] = [f"{test_file}#{i}" for i in range(len(test[1]))]
         return splits

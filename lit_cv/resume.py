@@ -1,20 +1,32 @@
-"""Runs from a checkpoint: ``fit --ckpt_path last`` continues the newest run in its own log directory, and a run
-with ``--ckpt_path`` builds its net without downloading pretrained weights.
+"""Runs from a checkpoint: ``fit --ckpt_path last`` continues the newest run in its own log directory, a run
+with ``--ckpt_path`` builds its net without downloading pretrained weights, and a ``--ckpt_path`` file that cannot
+serve the configured run is refused with one message naming the file, both nets, or both sets of classes.
 
-Both edit the parsed LightningCLI config before anything is instantiated (``LitCVCLI.before_instantiate_classes``).
+The first two edit the parsed LightningCLI config before anything is instantiated
+(``LitCVCLI.before_instantiate_classes``); the checks run right after parsing (:func:`read_ckpt_path`) and right
+before Lightning loads the weights (:func:`check_checkpoint_fits`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from torch import nn
+
+from callbacks.model_checkpoint import load_checkpoint_safely
 
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = re.compile(r"last(-v?\d+)?\.ckpt")  # ModelCheckpoint's last.ckpt, last-v1.ckpt, ...
 DEFAULT_LOGGER_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's default name
+LIGHTNING_CKPT_PATHS = ("last", "best", "hpc", "registry")  # resolved by Lightning (also `registry:<name>`)
+# Net arguments the CLI sets from the data (`data.image_size`, `data.num_features`): compared via the weights' shapes.
+LINKED_NET_ARGS = {"image_size": "image_size", "in_features": "num_features"}  # net argument -> datamodule attribute
 
 
 def find_last_checkpoint(save_dir: str | Path, name: str) -> tuple[int | str, Path] | None:
@@ -70,3 +82,130 @@ def skip_pretrained_download(config: Any) -> None:
     init_args = getattr(net, "init_args", None)
     if init_args is not None and init_args.get("pretrained") not in (None, False):
         init_args["pretrained"] = False
+
+
+@dataclass
+class CheckpointSummary:
+    """What the checks need of a ``--ckpt_path`` file: its net config, classes and weight shapes (not the weights)."""
+
+    path: Path
+    net: dict[str, Any] | None  # hyper_parameters["net"] as the CLI saved it: class_path + init_args
+    class_names: list[str] | None
+    shapes: dict[str, tuple[int, ...]]
+
+
+def read_ckpt_path(config: Any) -> CheckpointSummary | None:
+    """For a parsed subcommand config whose ``ckpt_path`` names a local file: read it safely (tensors and plain values
+    only; a file that is not a readable checkpoint gets one message naming it) and check that it holds the configured
+    net class, before LightningCLI replaces the config's model with the checkpoint's hyperparameters. Arguments of
+    the net that differ are reported; the checkpoint's are used, as LightningCLI does. ``last``, ``best``, ``hpc``,
+    ``registry`` and URLs are Lightning's to resolve: ``None``.
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` names no file.
+        ValueError: an empty, corrupt or non-checkpoint file; one holding pickled objects; a checkpoint of another net.
+    """
+    ckpt_path = config.get("ckpt_path")
+    text = str(ckpt_path) if ckpt_path else ""
+    if not text or text in LIGHTNING_CKPT_PATHS or text.startswith("registry:") or "://" in text:
+        return None
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--ckpt_path {text!r} does not exist (looked in {Path.cwd()}). Pass a .ckpt written by `lit-cv fit` "
+            "(runs/<name>/version_N/checkpoints/), or `last` to continue the newest run."
+        )
+    checkpoint = load_checkpoint_safely(path)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    net = hparams.get("net") if isinstance(hparams.get("net"), dict) and "class_path" in hparams["net"] else None
+    configured = _as_dict(config.get("model", {}).get("net"))
+    if net is not None and isinstance(configured, dict) and "class_path" in configured:
+        if net["class_path"] != configured["class_path"]:
+            raise ValueError(
+                f"Checkpoint {text!r} holds a {describe_net(net)}, but the config builds a "
+                f"{describe_net(configured)}. {_config_hint(path)}"
+            )
+        _report_different_arguments(text, net, configured)
+    names = hparams.get("class_names")
+    shapes = {key: tuple(value.shape) for key, value in checkpoint["state_dict"].items() if hasattr(value, "shape")}
+    return CheckpointSummary(path, net, list(names) if names is not None else None, shapes)
+
+
+def check_checkpoint_fits(summary: CheckpointSummary, model: nn.Module, datamodule: Any = None) -> None:
+    """The model and data built for this run can take the checkpoint: the same classes, the same weight shapes
+    (image size and input features come from the data).
+
+    Raises:
+        ValueError: naming the file, what differs and both values.
+    """
+    text = str(summary.path)
+    classes = getattr(model, "class_names", None)
+    if summary.class_names is not None and classes is not None and list(summary.class_names) != list(classes):
+        raise ValueError(
+            f"Checkpoint {text!r} was trained on {len(summary.class_names)} classes {_short(summary.class_names)}, "
+            f"but the data has {len(classes)}: {_short(classes)}. {_config_hint(summary.path)}"
+        )
+    current = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    differ = [key for key in current if key in summary.shapes and current[key] != summary.shapes[key]]
+    missing = [key for key in current if key.startswith("net.") and key not in summary.shapes]
+    unexpected = [key for key in summary.shapes if key.startswith("net.") and key not in current]
+    if not (differ or missing or unexpected):
+        return
+    if differ:
+        key = differ[0]
+        what = (f"{key} is {list(summary.shapes[key])} in the checkpoint but {list(current[key])} in this model "
+                f"({len(differ)} tensor{'s differ' if len(differ) > 1 else ' differs'})")
+    else:
+        what = (f"{len(missing)} weights of this model are not in the checkpoint (e.g. {(missing or ['-'])[0]}), "
+                f"{len(unexpected)} of the checkpoint are not in the model (e.g. {(unexpected or ['-'])[0]})")
+    net = getattr(model, "net", None)
+    built = f"this run's {type(net).__name__}" if net is not None else "this run's model"
+    trained = describe_net(summary.net) if summary.net is not None else "a net without saved hyperparameters"
+    raise ValueError(
+        f"Checkpoint {text!r} does not fit {built}: {what}.{_linked_differences(summary, datamodule)} "
+        f"The checkpoint holds {trained}. {_config_hint(summary.path)}"
+    )
+
+
+def describe_net(net: dict[str, Any]) -> str:
+    """``lit_cv.nets.CNN2(n_feature=32, p=0.3, ...)`` from a ``class_path`` / ``init_args`` config."""
+    args = ", ".join(f"{key}={value!r}" for key, value in (net.get("init_args") or {}).items())
+    return f"{net['class_path']}({args})"
+
+
+def _as_dict(value: Any) -> Any:
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
+def _report_different_arguments(text: str, net: dict[str, Any], configured: dict[str, Any]) -> None:
+    saved, given = net.get("init_args") or {}, configured.get("init_args") or {}
+    differences = [
+        f"{key} {saved.get(key)!r} (config: {given.get(key)!r})"
+        for key in sorted(set(saved) | set(given))
+        if key not in LINKED_NET_ARGS and saved.get(key) != given.get(key)
+    ]
+    if differences and rank_zero_only.rank == 0:
+        log.warning(f"--ckpt_path {text!r}: using the checkpoint's net arguments, which differ from the config's: "
+                    + ", ".join(differences) + ".")
+
+
+def _linked_differences(summary: CheckpointSummary, datamodule: Any) -> str:
+    saved = (summary.net or {}).get("init_args") or {}
+    notes = [
+        f" It was trained with {arg} {saved[arg]}; the data gives {getattr(datamodule, attribute)}."
+        for arg, attribute in LINKED_NET_ARGS.items()
+        if saved.get(arg) is not None and getattr(datamodule, attribute, None) not in (None, saved[arg])
+    ]
+    return "".join(notes)
+
+
+def _config_hint(path: Path) -> str:
+    run_config = path.parent.parent / "config.yaml"  # <run>/checkpoints/x.ckpt -> <run>/config.yaml
+    if run_config.is_file():
+        return f"Use the config it was trained with: --config {run_config}"
+    return "Use the config (net, data) it was trained with, or a checkpoint of this config."
+
+
+def _short(names: list[Any], limit: int = 6) -> str:
+    shown = ", ".join(map(str, list(names)[:limit]))
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"

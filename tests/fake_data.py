@@ -11,7 +11,12 @@
 - :func:`make_mnist_idx` -> ``MNISTDataModule(data_dir)``: IDX ``.gz`` files in torchvision's ``MNIST/raw``;
 - :func:`make_mnist_csv` -> ``MNISTDataModule(data_dir, source="csv")``: Kaggle's ``train.csv``;
 - :func:`make_bank_kaggle` / :func:`make_bank_uci` -> ``BankMarketingDataModule(path)``: ``bank.csv`` (comma,
-  ``deposit``) / ``bank-full.csv`` (semicolon, quoted strings, ``y``) with the real headers.
+  ``deposit``) / ``bank-full.csv`` (semicolon, quoted strings, ``y``) with the real headers;
+- :func:`make_bank_additional` -> ``BankMarketingDataModule(path)``: UCI's ``bank-additional-full.csv`` (semicolon,
+  quoted strings, 20 features + ``y``, ``unknown`` values, ``pdays`` 999 = never contacted, the economic indicators);
+- :func:`write_png16` -> a 16-bit greyscale PNG gradient (mode ``I;16``);
+- :class:`Payload` / :func:`plant_payload` -> a file (checkpoint, weights, cache) whose unpickling writes a marker
+  file: the untrusted-file tests check that the marker never appears.
 """
 
 from __future__ import annotations
@@ -284,4 +289,92 @@ def make_bank_uci(root: Path, n: int = 200, seed: int = 0, name: str = "bank-ful
         values = [*(row[c] for c in BANK_COLUMNS), row["target"]]
         lines.append(";".join(f'"{v}"' if isinstance(v, str) else str(v) for v in values))
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+BANK_ADDITIONAL_COLUMNS = (
+    "age", "job", "marital", "education", "default", "housing", "loan", "contact", "month", "day_of_week",
+    "duration", "campaign", "pdays", "previous", "poutcome", "emp.var.rate", "cons.price.idx", "cons.conf.idx",
+    "euribor3m", "nr.employed",
+)
+BANK_ADDITIONAL_CATEGORIES = {
+    "job": BANK_CATEGORIES["job"],
+    "marital": ("divorced", "married", "single", "unknown"),
+    "education": (
+        "basic.4y", "basic.6y", "basic.9y", "high.school", "illiterate", "professional.course", "university.degree",
+        "unknown",
+    ),
+    "default": ("no", "yes", "unknown"),
+    "housing": ("no", "yes", "unknown"),
+    "loan": ("no", "yes", "unknown"),
+    "contact": ("cellular", "telephone"),
+    "month": ("mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+    "day_of_week": ("mon", "tue", "wed", "thu", "fri"),
+}
+# the quarterly indicators take a few fixed values in the real file: (emp.var.rate, cons.price.idx, cons.conf.idx,
+# euribor3m, nr.employed); nr.employed is written without ".0" when whole (5191, 5228.1)
+_ECONOMY = (
+    ("1.1", "93.994", "-36.4", "4.857", "5191"),
+    ("1.4", "93.918", "-42.7", "4.961", "5228.1"),
+    ("-1.8", "92.893", "-46.2", "1.313", "5099.1"),
+    ("-2.9", "92.201", "-31.4", "0.869", "5076.2"),
+    ("-0.1", "93.2", "-42", "4.191", "5195.8"),
+)
+
+
+def make_bank_additional(root: Path, n: int = 300, seed: int = 0, name: str = "bank-additional-full.csv") -> Path:
+    """UCI ``bank-additional-full.csv``: semicolon separated, header and strings quoted, numbers bare; 20 features and
+    ``y``; ``pdays`` is 999 ("never contacted", then ``poutcome`` is ``nonexistent``) for most rows; ``unknown`` in
+    the categorical columns. Returns the file path."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [";".join(f'"{c}"' for c in (*BANK_ADDITIONAL_COLUMNS, "y"))]
+    for i in range(n):
+        row: dict[str, object] = {c: str(rng.choice(v)) for c, v in BANK_ADDITIONAL_CATEGORIES.items()}
+        contacted = rng.random() < 0.15
+        economy = _ECONOMY[int(rng.integers(len(_ECONOMY)))]
+        duration = int(rng.integers(5, 1500))
+        row.update(
+            age=int(rng.integers(17, 98)),
+            duration=duration,
+            campaign=int(rng.integers(1, 10)),
+            pdays=int(rng.integers(0, 28)) if contacted else 999,
+            previous=int(rng.integers(1, 4)) if contacted else 0,
+            poutcome=str(rng.choice(["failure", "success"])) if contacted else "nonexistent",
+        )
+        row.update(zip(("emp.var.rate", "cons.price.idx", "cons.conf.idx", "euribor3m", "nr.employed"), economy))
+        target = "yes" if (duration > 600) != (i % 7 == 0) else "no"
+        values = [row[c] for c in BANK_ADDITIONAL_COLUMNS]
+        numeric = set(BANK_ADDITIONAL_COLUMNS) - set(BANK_ADDITIONAL_CATEGORIES) - {"poutcome"}
+        cells = [str(v) if c in numeric else f'"{v}"' for c, v in zip(BANK_ADDITIONAL_COLUMNS, values)]
+        lines.append(";".join([*cells, f'"{target}"']))
+    path = root / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_png16(path: Path, height: int = 16, width: int = 64) -> np.ndarray:
+    """A 16-bit greyscale PNG (PIL mode ``I;16``): a horizontal gradient from 0 to 65535; returns the uint16 array."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = np.linspace(0, 65535, width).round().astype(np.uint16)
+    array = np.tile(row, (height, 1))
+    Image.fromarray(array).save(path)  # uint16 -> mode I;16, a 16-bit PNG
+    return array
+
+
+class Payload:
+    """Unpickling this object writes ``marker`` (via ``exec``): proof that a load executed code from a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def plant_payload(path: Path, marker: Path, base: dict[str, object] | None = None) -> Path:
+    """``torch.save`` of ``base`` (e.g. a valid, resumable checkpoint) plus a :class:`Payload` under ``extra``."""
+    import torch
+
+    torch.save({**(base or {}), "extra": Payload(marker)}, path)
     return path

@@ -125,7 +125,9 @@ def _private_names_used() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in dependencies:
                 names = [a.name for a in node.names if a.name.startswith("_")]
             elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-                names = [node.attr] if node.attr not in own else []
+                # os._exit and sys._current_frames are documented Python API, not a dependency's internals
+                stdlib = isinstance(node.value, ast.Name) and node.value.id in ("os", "sys")
+                names = [node.attr] if node.attr not in own and not stdlib else []
             elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
                   and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
                   and str(node.args[1].value).startswith("_") and node.args[1].value not in own):

@@ -1,7 +1,8 @@
 """Run the registered experiments and write ``OUT/reproduce.json`` (every figure) and ``OUT/reproduce.md`` (the table).
 
 Rows whose data or config is missing are reported as skipped; a row that raises is reported as failed and the
-others still run. With ``only``, earlier rows of an existing ``reproduce.json`` are kept.
+others still run. With ``only``, the other rows of an existing ``reproduce.json`` are kept: each finished row is
+merged into the file as it is on disk then, so partial runs (even concurrent ones) add up.
 """
 
 from __future__ import annotations
@@ -69,17 +70,29 @@ def reproduce(data_dir: Path, out: Path, only: Sequence[str] | None = None, quic
     roots = {"$DATA_DIR": data_dir, "$OUT": out, ".": REPO, "~": Path.home()}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     json_path = out / "reproduce.json"
-    previous = json.loads(json_path.read_text()) if json_path.is_file() and only else {}
-    results = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": _device(), "versions": _versions(),
-        "quick": quick, "seed": SEED, "rows": dict(previous.get("rows", {})),
-    }
+    header = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": _device(),
+              "versions": _versions(), "quick": quick, "seed": SEED}
+    results = {**header, "rows": {}}
+    if not only:  # a full run starts a new file
+        json_path.write_text(json.dumps(results, indent=2, default=str))
     for exp in EXPERIMENTS:
         if only and exp.name not in only:
             continue
         row = portable(_run_row(exp, data_dir / exp.data / exp.data_subdir, out, quick), roots)
-        results["rows"][exp.name] = row
         print(f"[reproduce] {exp.name}: {row['status']} {row.get('metrics', row.get('error', ''))}", flush=True)
-        json_path.write_text(json.dumps(results, indent=2, default=str))
+        results = _merge_row(json_path, header, exp.name, row)
     (out / "reproduce.md").write_text(render_markdown(results))
+    return results
+
+
+def _merge_row(json_path: Path, header: dict[str, Any], name: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Write ``row`` into ``json_path``, keeping every other row as it is on disk NOW (another ``--only`` run may
+    have added some since this one started); rows in registry order. Returns the merged results."""
+    on_disk = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    rows = {**on_disk.get("rows", {}), name: row}
+    order = [e.name for e in EXPERIMENTS] + sorted(set(rows) - {e.name for e in EXPERIMENTS})
+    results = {**header, "rows": {n: rows[n] for n in order if n in rows}}
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(json_path)
     return results

@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lit_cv.experiments.holdout import HOLDOUTS, Holdout
 from lit_cv.experiments.registry import REPO, Experiment
 
 QUICK_FIT_ARGS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches",
                   "2"]
+QUICK_TEST_ARGS = ["--trainer.limit_test_batches", "2"]
 QUICK_LR_ARGS = ["--num-iter", "5", "--skip-begin", "0", "--skip-end", "0"]
 OVERHEAD_SCRIPT = REPO / "benchmarks" / "overhead.py"
 
@@ -36,14 +38,15 @@ def _lit_cv(args: list[str], log: Path) -> tuple[int, float]:
     return _run([sys.executable, "-m", "lit_cv.cli", *args], log)
 
 
-def _config_args(exp: Experiment, data_dir: Path) -> list[str]:
+def _config_args(exp: Experiment, data_dir: Path, data_args: list[str] | None = None) -> list[str]:
+    """The row's configs, then ``data_args`` (default: ``data_dir`` as the data folder), then the row's arguments."""
     args = [a for c in exp.configs for a in ("--config", str(REPO / c))]
-    return args + ["--data.init_args.data_dir", str(data_dir), *exp.args]
+    return args + (data_args or ["--data.init_args.data_dir", str(data_dir)]) + exp.args
 
 
-def _logger_args(exp: Experiment, out: Path) -> list[str]:
-    return ["--trainer.logger.init_args.save_dir", str(out / "runs"), "--trainer.logger.init_args.name", exp.name,
-            "--trainer.enable_progress_bar", "false"]
+def _logger_args(exp: Experiment, out: Path, name: str | None = None) -> list[str]:
+    return ["--trainer.logger.init_args.save_dir", str(out / "runs"), "--trainer.logger.init_args.name",
+            name or exp.name, "--trainer.enable_progress_bar", "false"]
 
 
 def _latest_run(root: Path) -> Path:
@@ -74,12 +77,13 @@ def evaluate_on_train(exp: Experiment, data_dir: Path, out: Path, checkpoint: Pa
     """Accuracy of the final weights on the whole training split in eval mode (the course's train figure)."""
     import torch
 
+    from callbacks.model_checkpoint import load_checkpoint_safely
     from lit_cv.cli import LitCVCLI
 
     args = _config_args(exp, data_dir) + ["--trainer.logger.init_args.save_dir", str(out / "scratch")]
     cli = LitCVCLI(args=args, run=False)
     model, dm = cli.model, cli.datamodule
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+    model.load_state_dict(load_checkpoint_safely(checkpoint)["state_dict"])
     model.eval()
     dm.prepare_data()
     dm.setup("fit")
@@ -96,7 +100,7 @@ def plain_loop(exp: Experiment, data_dir: Path, out: Path, quick: bool) -> dict[
     result = out / "overhead" / f"{exp.name}.json"
     command = [sys.executable, str(OVERHEAD_SCRIPT), *_config_args(exp, data_dir),
                "--trainer.logger.init_args.save_dir", str(out / "scratch"), *(QUICK_FIT_ARGS if quick else []),
-               "--json", str(result)]
+               "--plain-only", "--json", str(result)]
     code, _ = _run(command, out / "logs" / f"{exp.name}_overhead.log")
     if code != 0:
         raise RuntimeError(f"benchmarks/overhead.py exit {code}, see logs/{exp.name}_overhead.log")
@@ -104,8 +108,35 @@ def plain_loop(exp: Experiment, data_dir: Path, out: Path, quick: bool) -> dict[
     return {"plain_loop_seconds": timing["plain_loop_seconds"], "plain_loop_val/acc": timing["plain_loop_val/acc"]}
 
 
+def test_once(exp: Experiment, holdout: Holdout, out: Path, checkpoint: str | None, quick: bool) -> dict[str, Any]:
+    """``lit-cv test`` of the selected checkpoint on the held-out test set: the row's one look at it."""
+    if not checkpoint:
+        raise RuntimeError(f"{exp.name}: the fit saved no best checkpoint to test; see logs/{exp.name}.log")
+    name = f"{exp.name}_test"
+    args = ["test", *_config_args(exp, holdout.test_dir, holdout.test_args), *_logger_args(exp, out, name),
+            "--ckpt_path", checkpoint, *(QUICK_TEST_ARGS if quick else [])]
+    code, wall = _lit_cv(args, out / "logs" / f"{name}.log")
+    if code != 0:
+        raise RuntimeError(f"lit-cv test exit {code}, see logs/{name}.log")
+    report = json.loads((_latest_run(out / "runs" / name) / "metrics.json").read_text())["test"]
+    return {"test_command": "lit-cv " + " ".join(args), "test_seconds": _seconds(wall),
+            "test_metrics": {k: v for k, v in report["metrics"].items() if k.startswith("test/")},
+            "per_class_test": report.get("per_class", {}).get("test", {}), "selected_checkpoint": checkpoint,
+            "split_sizes": holdout.sizes}
+
+
+def target_reached(metrics: dict[str, float], target: tuple[str, float] | None) -> dict[str, Any]:
+    """For a target on the test set (measured once, so no epoch reaches it): whether the final figure meets it."""
+    if target is None or not target[0].startswith("test/"):
+        return {}
+    metric, value = target
+    return {"target": f"{metric} >= {value}", "target_reached": metrics.get(metric, float("-inf")) >= value}
+
+
 def run_fit(exp: Experiment, data_dir: Path, out: Path, quick: bool) -> dict[str, Any]:
-    args = ["fit", *_config_args(exp, data_dir), *_logger_args(exp, out), *(QUICK_FIT_ARGS if quick else [])]
+    holdout = HOLDOUTS[exp.data](data_dir, out / "cache" / "holdout" / exp.name) if exp.holdout else None
+    args = ["fit", *_config_args(exp, data_dir, holdout.fit_args if holdout else None), *_logger_args(exp, out),
+            *(QUICK_FIT_ARGS if quick else [])]
     code, wall = _lit_cv(args, out / "logs" / f"{exp.name}.log")
     row: dict[str, Any] = {"command": "lit-cv " + " ".join(args), "wall_seconds": _seconds(wall)}
     if code != 0:
@@ -123,6 +154,10 @@ def run_fit(exp: Experiment, data_dir: Path, out: Path, quick: bool) -> dict[str
         best = pick(row["history"], key=lambda h: h.get(metric, float("-inf") if mode == "max" else float("inf")))
         row["selected_epoch"] = int(best["epoch"]) + 1
         row["metrics"].update({k: v for k, v in best.items() if k.startswith("val/")})
+    if holdout is not None:
+        row.update(test_once(exp, holdout, out, report.get("best_checkpoint"), quick))
+        row["metrics"].update(row["test_metrics"])
+        row.update(target_reached(row["metrics"], exp.target))
     if exp.data == "rps" and exp.group == "course":
         row["metrics"].update(evaluate_on_train(exp, data_dir, out, run_dir / "checkpoints" / "last.ckpt"))
     if exp.plain_loop:

@@ -56,6 +56,7 @@ class CNN2(nn.Module):
             )
         self.n_feature = n_feature
         self.p = p
+        self.image_size = image_size
         self.conv1 = nn.Conv2d(in_channels, n_feature, kernel_size=3)
         self.conv2 = nn.Conv2d(n_feature, n_feature, kernel_size=3)
         self.fc1 = nn.Linear(n_feature * side * side, hidden)
@@ -78,4 +79,10 @@ class CNN2(nn.Module):
         return self.fc2(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.featurizer(x))
+        features = self.featurizer(x)
+        if features.shape[1] != self.fc1.in_features:
+            raise ValueError(
+                f"CNN2 was built for image_size {self.image_size} but got {x.shape[-2]}x{x.shape[-1]} images. "
+                f"Build it with image_size={x.shape[-1]} (the lit-cv CLI sets it from data.image_size)."
+            )
+        return self.classifier(features)

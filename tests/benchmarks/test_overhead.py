@@ -1,4 +1,4 @@
-"""benchmarks/overhead.py: the plain PyTorch loop on the quickstart config, shortened as `lit-cv fit` would be."""
+"""benchmarks/overhead.py: the plain PyTorch loop, and the interleaved comparison with `lit-cv fit`, shortened."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from conftest import REPO_ROOT
 from benchmarks.overhead import main, plain_loop
 
 QUICKSTART = ["--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--model.lr_scheduler", "null"]
-SHORT = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2"]
+SHORT = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+         "--model.net.init_args.n_feature", "4", "--model.net.init_args.image_size", "12",
+         "--data.init_args.image_size", "12"]
 
 
 def test_plain_loop_trains_and_writes_json(tmp_path):
-    assert main([*QUICKSTART, *SHORT, "--json", str(tmp_path / "overhead.json")]) == 0
+    assert main([*QUICKSTART, *SHORT, "--plain-only", "--json", str(tmp_path / "overhead.json")]) == 0
     result = json.loads((tmp_path / "overhead.json").read_text())
     assert result["epochs"] == 2 and result["device"] == "cpu"
     assert result["plain_loop_seconds"] > 0 and 0.0 <= result["plain_loop_val/acc"] <= 1.0
@@ -23,3 +25,18 @@ def test_plain_loop_trains_and_writes_json(tmp_path):
 def test_scheduler_is_refused():
     with pytest.raises(ValueError, match="no scheduler and no L1 penalty; add --model.lr_scheduler null"):
         plain_loop(["--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), *SHORT])
+
+
+@pytest.mark.slow
+def test_interleaved_rounds_give_a_ratio_per_clock(tmp_path, capsys):
+    assert main(["--rounds", "1", "--epochs", "1", "2", "--json", str(tmp_path / "o.json"), *QUICKSTART, *SHORT]) == 0
+    result = json.loads((tmp_path / "o.json").read_text())
+    (round_,) = result["rounds"]
+    for clock in ("wall", "cpu"):
+        assert round_[f"ratio_{clock}"] == pytest.approx(round_[f"cli_{clock}"] / round_[f"plain_{clock}"])
+    assert "ratio lit-cv / plain" in capsys.readouterr().out
+
+
+def test_bad_epochs_are_refused():
+    with pytest.raises(SystemExit):
+        main(["--epochs", "3", "3", *QUICKSTART])

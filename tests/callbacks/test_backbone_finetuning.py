@@ -43,6 +43,7 @@ class Snapshot(Callback):
             "bn_training": {
                 n: m.training for n, m in pl_module.named_modules() if isinstance(m, nn.BatchNorm2d)
             },
+            "modules_training": {n: m.training for n, m in pl_module.named_modules() if n.startswith("net.")},
         }
 
     def on_train_start(self, trainer, pl_module):
@@ -52,8 +53,8 @@ class Snapshot(Callback):
         self.per_epoch[trainer.current_epoch] = self.take(trainer, pl_module)
 
 
-def make_model() -> Classifier:
-    net = TransferNet("test_resnet", num_classes=3, pretrained=False, finetune="all")
+def make_model(model_name: str = "test_resnet", finetune: str = "all") -> Classifier:
+    net = TransferNet(model_name, num_classes=3, pretrained=False, finetune=finetune)
     return Classifier(net=net, num_classes=3, optimizer=lambda params: torch.optim.Adam(params, lr=1e-2))
 
 
@@ -65,10 +66,10 @@ def loader() -> DataLoader:
 
 
 def fit(
-    tmp_path: Path, max_epochs: int, ckpt_path: str | None = None
+    tmp_path: Path, max_epochs: int, ckpt_path: str | None = None, **model: str
 ) -> tuple[Classifier, Snapshot, Trainer]:
     seed_everything(0)
-    model, snapshot = make_model(), Snapshot()
+    model, snapshot = make_model(**model), Snapshot()
     finetuning = BackboneFinetuning(
         unfreeze_backbone_at_epoch=UNFREEZE_AT, train_bn=False, backbone_initial_lr=1e-3
     )
@@ -151,3 +152,25 @@ def test_missing_backbone_is_reported(tmp_path):
     )
     with pytest.raises(AttributeError, match="no module at `net.backbone`"):
         trainer.fit(model, train_dataloaders=loader())
+
+
+def test_resume_mid_ramp_of_a_frozen_transfer_net_keeps_the_unfrozen_layers_training(tmp_path):
+    """The lite0 gradual config's setting (TransferNet finetune head, BatchNorm frozen) on timm's tiny EfficientNet:
+    before unfreezing the whole backbone is in eval mode; a run checkpointed one epoch after unfreezing (the
+    backbone's lr still rising) resumes with the same trainable layers, modes, param groups and lrs, and ends where
+    an uninterrupted run ends."""
+    tiny = {"model_name": "test_efficientnet", "finetune": "head"}
+    first, snapshot, first_trainer = fit(tmp_path / "a", max_epochs=2, **tiny)
+    frozen_modes = [v for n, v in snapshot.per_epoch[0]["modules_training"].items() if n.startswith("net.backbone")]
+    assert not any(frozen_modes)  # the frozen backbone ran in eval mode (dropout and BatchNorm as at inference)
+    checkpointed = Snapshot.take(first_trainer, first)
+    assert any(v for n, v in checkpointed["modules_training"].items() if n.startswith("net.backbone"))
+    assert not any(checkpointed["bn_training"].values())
+
+    resumed, snapshot, _ = fit(tmp_path / "b", max_epochs=3, ckpt_path=str(tmp_path / "a" / "last.ckpt"), **tiny)
+    assert snapshot.at_start == checkpointed
+    uninterrupted, reference, _ = fit(tmp_path / "c", max_epochs=3, **tiny)
+    assert snapshot.per_epoch[2] == reference.per_epoch[2]  # the backbone lr kept rising from where it was
+    assert reference.per_epoch[2]["groups"][1][1] > reference.per_epoch[1]["groups"][1][1]
+    for key, value in uninterrupted.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, msg=key)

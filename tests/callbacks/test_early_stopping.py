@@ -1,10 +1,14 @@
-"""EarlyStopping: Lightning's stopping rules, best weights restored at the end of fit, NaN/inf loss stop."""
+"""EarlyStopping: Lightning's stopping rules, best weights restored at the end of fit (read safely, then validated
+again so the final metrics are the restored epoch's), NaN/inf loss stop."""
 
 from __future__ import annotations
 
+import json
 import math
 from functools import partial
+from pathlib import Path
 
+import fake_data
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
@@ -12,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import EarlyStopping
+from callbacks import EarlyStopping, MetricsReport
 from lit_cv import Classifier
 from lit_cv.nets import CNN2
 
@@ -56,8 +60,8 @@ class Scripted(Classifier):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if self.values and not self.trainer.sanity_checking:
-            self.log("val/score", self.values[self.current_epoch])
+        if self.values and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self.log("val/score", self.values[self.current_epoch])  # scripted per epoch of fit only
 
 
 class WeightSnapshots(Callback):
@@ -137,7 +141,7 @@ def test_stops_on_patience_and_restores_the_best_epoch(
         assert early.restored_from == checkpoint.best_model_path
         assert early._best_weights is None  # no second copy in memory
         _assert_same(
-            model.state_dict(), torch.load(checkpoint.best_model_path, weights_only=False)["state_dict"]
+            model.state_dict(), torch.load(checkpoint.best_model_path, weights_only=True)["state_dict"]
         )
     else:
         assert early.restored_from == "memory"
@@ -199,7 +203,7 @@ def test_resumed_run_restores_a_best_epoch_from_before_the_resume(tiny_trainer_k
     _trainer(
         tiny_trainer_kwargs, 3, [EarlyStopping("val/score", patience=5), last, snapshots], checkpointing=True
     ).fit(first, _Random())
-    resume_from = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    resume_from = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert resume_from["global_step"] == 3 * BATCHES  # resumes after epoch 2, the best (1) is in the past
     early = EarlyStopping("val/score", patience=5)
     resumed = Scripted(values)
@@ -209,7 +213,7 @@ def test_resumed_run_restores_a_best_epoch_from_before_the_resume(tiny_trainer_k
         [early, ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_top_k=0)],
         checkpointing=True,
     )
-    trainer.fit(resumed, _Random(), ckpt_path=tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    trainer.fit(resumed, _Random(), ckpt_path=tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert early.best_epoch == 1 and early.restored_from == "memory"
     _assert_same(resumed.state_dict(), snapshots.by_epoch[1])
 
@@ -225,3 +229,78 @@ def test_resumed_run_restores_a_best_epoch_from_before_the_resume(tiny_trainer_k
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EarlyStopping(**kwargs)
+
+
+class ValidationRecorder(Callback):
+    """``trainer.callback_metrics`` after each epoch's validation during fit, by epoch; counts all validations."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, dict[str, float]] = {}
+        self.validations = 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validations += 1
+        if not trainer.sanity_checking:
+            self.by_epoch[trainer.current_epoch] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "memory"])
+def test_final_metrics_are_the_restored_epochs(source, tiny_trainer_kwargs, tmp_path):
+    values, best_epoch, stop_epoch = [1.0, 0.8, 0.9, 0.95, 0.7], 1, 3
+    early, recorder, report = EarlyStopping("val/score", patience=2), ValidationRecorder(), MetricsReport()
+    callbacks = [early, recorder, report]  # the lit-cv CLI's order: the config's callbacks, then MetricsReport
+    if source == "checkpoint":
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/score", save_top_k=1))
+    trainer = _trainer(tiny_trainer_kwargs, len(values), callbacks, checkpointing=source == "checkpoint")
+    trainer.fit(Scripted(values), _Random())
+
+    assert max(recorder.by_epoch) == stop_epoch and early.best_epoch == best_epoch
+    best, last = recorder.by_epoch[best_epoch], recorder.by_epoch[stop_epoch]
+    assert best["val/loss"] != last["val/loss"]
+    metrics = json.loads((Path(tmp_path) / "metrics.json").read_text())["fit"]["metrics"]
+    assert metrics["restored_epoch"] == best_epoch
+    for key in ("val/loss", "val/acc", "val/auroc"):  # the restored weights validated again: the best epoch's values
+        assert metrics[key] == pytest.approx(best[key], rel=1e-6), key
+        assert early.restored_metrics[key] == pytest.approx(best[key], rel=1e-6), key
+    assert "train/loss" in metrics  # training metrics are kept (the last epoch's)
+    # only the progress bar saw the extra validation: no history entry, no checkpoint, no second report
+    assert recorder.validations == len(recorder.by_epoch) and [h["epoch"] for h in report.history] == [0, 1, 2, 3]
+    if source == "checkpoint":
+        assert [p.name for p in (tmp_path / "ckpt").iterdir()] == [Path(early.restored_from).name]
+    assert trainer.state.fn == "fit"
+
+
+class PlantPayload(Callback):
+    """At the end of fit, before EarlyStopping restores, replaces the best checkpoint by one holding a payload."""
+
+    def __init__(self, checkpoint: ModelCheckpoint, marker: Path) -> None:
+        self.checkpoint, self.marker = checkpoint, marker
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        path = self.checkpoint.best_model_path
+        fake_data.plant_payload(path, self.marker, torch.load(path, weights_only=True))
+
+
+def test_a_planted_best_checkpoint_is_refused_not_run(tiny_trainer_kwargs, tmp_path):
+    marker = tmp_path / "marker"
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/score", save_top_k=1)
+    early, snapshots = EarlyStopping("val/score", patience=2), WeightSnapshots()
+    model = Scripted([1.0, 0.8, 0.9, 0.95, 0.7])
+    trainer = _trainer(tiny_trainer_kwargs, 5, [PlantPayload(checkpoint, marker), early, snapshots, checkpoint], True)
+    with pytest.warns(UserWarning, match=r"not restoring the best weights.*pickled Python object \(exec\)"):
+        trainer.fit(model, _Random())
+    assert not marker.exists()
+    assert early.restored_from is None
+    _assert_same(model.state_dict(), snapshots.by_epoch[3])  # the last weights are kept
+
+
+def test_restored_weights_are_validated_with_the_fits_own_dataloaders(tiny_trainer_kwargs):
+    """fit(model, train_dataloaders, val_dataloaders) without a datamodule: the same validation data again."""
+    values, best_epoch = [1.0, 0.8, 0.9, 0.95, 0.7], 1
+    early, recorder = EarlyStopping("val/score", patience=2), ValidationRecorder()
+    data = _Random()
+    trainer = _trainer(tiny_trainer_kwargs, len(values), [early, recorder])
+    trainer.fit(Scripted(values), train_dataloaders=data.train_dataloader(), val_dataloaders=data.val_dataloader())
+    assert early.best_epoch == best_epoch and early.restored_from == "memory"
+    assert early.restored_metrics["val/loss"] == pytest.approx(recorder.by_epoch[best_epoch]["val/loss"], rel=1e-6)
+    assert float(trainer.callback_metrics["restored_epoch"]) == best_epoch

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.filter_visualization import FilterVisualization, feature_map_grid, filter_grid
+from callbacks.filter_visualization import FilterVisualization, feature_map_grid, filter_grid, save_grid_png
 from datamodules.digits import DigitsDataModule
 from lit_cv.classifier import Classifier
 from lit_cv.nets import CNN2
@@ -112,6 +112,23 @@ def test_feature_map_grid_shape_rows_are_images() -> None:
     top, left = PAD + 2 * (22 + PAD), PAD + 5 * (22 + PAD)
     expected = (maps[2, 5] - maps[2, 5].min()) / (maps[2, 5].max() - maps[2, 5].min())
     torch.testing.assert_close(grid[0, top : top + 22 : 2, left : left + 22 : 2], expected)
+
+
+def test_png_holds_the_grid_enlarged_under_a_title(tmp_path: Path) -> None:
+    grid = filter_grid(torch.randn(5, 3, 3, 3), rgb=True, scale=10)  # 3 x 30 x 158
+    path = save_grid_png(grid, tmp_path / "f.png", "net.conv1 filters", cols=("filter", 5, 30))
+    png = np.asarray(Image.open(path).convert("RGB"))
+    factor = 450 // grid.shape[2]  # small grids are enlarged to at least 450 px wide
+    big = np.repeat(np.repeat((grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), factor, 0), factor, 1)
+    height, width = big.shape[:2]
+    found = [
+        (y, x)
+        for y in range(png.shape[0] - height + 1)
+        for x in range(png.shape[1] - width + 1)
+        if (png[y : y + height, x : x + width] == big).all()
+    ]
+    assert len(found) == 1 and found[0][0] > 10  # once, below the title
+    assert (png[: found[0][0]] < 128).any() and (png[found[0][0] + height :] < 128).any()  # title; ticks + label
 
 
 @pytest.mark.parametrize(

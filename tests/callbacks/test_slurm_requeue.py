@@ -4,7 +4,10 @@ environment, and SLURMRequeue's flag-only signal handlers. A real signalled fit 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -122,3 +125,62 @@ def test_handlers_only_set_flags_while_active_then_pass_signals_on() -> None:
         assert received == [signal.SIGUSR1]
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_slurm_requeue_rejects_bad_sigterm_timeout() -> None:
+    with pytest.raises(ValueError, match="sigterm_timeout must be > 0 seconds, got -1"):
+        SLURMRequeue(sigterm_timeout=-1)
+
+
+# ---------------------------------------------------------------------------------------------- the SIGTERM watchdog
+# A process with a flag-only SIGTERM handler (as Lightning's and SLURMRequeue's are) whose main thread never stops:
+# each scenario runs in its own interpreter, since the watchdog ends the process with os._exit.
+WATCHDOG_SCRIPT = """
+import multiprocessing, os, signal, sys, time
+from callbacks.slurm_requeue import TerminationWatchdog
+
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # flag-only, like Lightning's
+watchdog = TerminationWatchdog(float(sys.argv[2]), on_expire=lambda: print("on_expire", flush=True))
+assert watchdog.start()
+scenario = sys.argv[1]
+if scenario == "stopped":
+    watchdog.stop()
+if scenario == "worker":  # a forked DataLoader worker gets SIGTERM, the main process does not
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(3,))
+    worker.start()
+    time.sleep(0.5)
+    worker.terminate()
+    worker.join()
+else:
+    os.kill(os.getpid(), signal.SIGTERM)
+if scenario == "twice":
+    time.sleep(1.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+started = time.monotonic()
+while time.monotonic() - started < 6:  # the main thread carries on: the handler only set a flag
+    time.sleep(0.05)
+print("still running", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("scenario", "timeout", "code"), [("once", 1.0, 143), ("twice", 30.0, 143), ("stopped", 1.0, 0), ("worker", 1.0, 0)]
+)
+def test_watchdog_ends_a_process_that_does_not_stop_after_sigterm(
+    tmp_path: Path, scenario: str, timeout: float, code: int
+) -> None:
+    """Exit 143 before the main loop's 6 s are over: after ``timeout`` s, or at once on a second SIGTERM; never
+    after :meth:`TerminationWatchdog.stop` or for a forked worker's own SIGTERM."""
+    script = tmp_path / "watched.py"
+    script.write_text(WATCHDOG_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, str(script), scenario, str(timeout)], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == code, result.stderr[-2000:]
+    if code == 0:
+        assert "still running" in result.stdout and "has not stopped" not in result.stderr
+        return
+    assert "on_expire" in result.stdout and "still running" not in result.stdout
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("lit-cv: SIGTERM")]
+    assert ("received twice" if scenario == "twice" else "received 1 s ago") in line
+    assert "its main thread is blocked in <module> (watched.py:" in line and "Exiting now with code 143" in line

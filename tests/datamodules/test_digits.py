@@ -42,3 +42,14 @@ def test_setup_twice_does_not_resplit():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DigitsDataModule(**kwargs)
+
+
+def test_predict_ids_are_load_digits_indices():
+    from sklearn.datasets import load_digits
+
+    dm = DigitsDataModule(image_size=8)
+    ids = dm.predict_ids()
+    assert len(ids) == len(dm.val_set)
+    images = torch.tensor(load_digits().images, dtype=torch.float32) / 16.0
+    x = torch.stack([dm.val_set[i][0][0] for i in range(5)])
+    assert torch.allclose(x, images[ids[:5]])

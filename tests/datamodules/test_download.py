@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -126,7 +127,8 @@ def test_download_rps_end_to_end_then_datamodule_works_offline(tmp_path, monkeyp
     assert not list((tmp_path / "data2").rglob("*.part"))
 
 
-def test_download_bank_nested_uci_zip(tmp_path, monkeypatch):
+def _bank_resources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kaggle's bank.csv and UCI's nested bank+marketing.zip (bank.zip inside) as file:// downloads."""
     kaggle = fake_data.make_bank_kaggle(tmp_path / "src", n=50)
     uci = fake_data.make_bank_uci(tmp_path / "src", n=60)
     inner = tmp_path / "bank.zip"
@@ -138,6 +140,10 @@ def test_download_bank_nested_uci_zip(tmp_path, monkeypatch):
         zf.write(inner, "bank.zip")
     monkeypatch.setattr(dl, "BANK_KAGGLE", dl.Resource((kaggle.as_uri(),), "bank.csv", sha256=sha256(kaggle)))
     monkeypatch.setattr(dl, "BANK_UCI", dl.Resource((outer.as_uri(),), "bank+marketing.zip"))
+
+
+def test_download_bank_nested_uci_zip(tmp_path, monkeypatch):
+    _bank_resources(tmp_path, monkeypatch)
     data_dir = dl.download_dataset("bank", tmp_path / "data")
     assert sorted(p.name for p in data_dir.iterdir()) == ["bank-full.csv", "bank-names.txt", "bank.csv"]
     assert BankMarketingDataModule(data_dir / "bank-full.csv").num_features > 0
@@ -157,3 +163,66 @@ def test_mnist_resources_are_torchvisions():
     resources = dl.mnist_resources()
     assert [(r.filename, r.md5) for r in resources] == list(MNIST.resources)
     assert all(len(r.urls) == len(MNIST.mirrors) for r in resources)
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(url, *args, **kwargs):
+        raise OSError(f"<urlopen error [Errno -3] Temporary failure in name resolution> ({url})")
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", no_network)
+
+
+def test_force_offline_deletes_and_replaces_nothing(tmp_path, monkeypatch):
+    _bank_resources(tmp_path, monkeypatch)
+    data_dir = dl.download_dataset("bank", tmp_path / "data")
+    (data_dir / "bank.csv").write_text((data_dir / "bank.csv").read_text() + "30,student,single\n")  # edited copy
+    before = {p.name: p.read_bytes() for p in data_dir.iterdir()}
+    _offline(monkeypatch)
+    monkeypatch.setattr(dl, "BANK_KAGGLE", dl.Resource(("https://example.org/bank.csv",), "bank.csv",
+                                                        sha256=dl.BANK_KAGGLE.sha256))
+    assert download_main(["bank", "--data-dir", str(data_dir), "--force"]) == 1
+    assert {p.name: p.read_bytes() for p in data_dir.iterdir()} == before  # before: bank.csv deleted
+    with pytest.raises(OSError, match=r"(?s)Could not download bank.csv.*existing .*bank.csv was left as it is"):
+        dl.fetch(dl.BANK_KAGGLE, data_dir)
+
+
+def test_force_replaces_a_folder_only_with_a_complete_extraction(tmp_path, monkeypatch):
+    src = fake_data.make_rps(tmp_path / "src", per_class=2, size=8, test_per_class=1, bad_files=False)
+    data_dir = tmp_path / "data"
+    (data_dir / "rps" / "rock").mkdir(parents=True)
+    (data_dir / "rps" / "rock" / "mine.png").write_bytes(b"old")
+    archive = zip_tree(tmp_path / "rps.zip", src, ["rps"])
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(archive.read_bytes()[:200])
+    with pytest.raises(dl.ChecksumError, match="corrupt.zip is neither a zip nor a tar archive"):
+        dl.extract_atomic(corrupt, data_dir, force=True)
+    assert (data_dir / "rps" / "rock" / "mine.png").read_bytes() == b"old"
+    dl.extract_atomic(archive, data_dir, force=True)
+    assert not (data_dir / "rps" / "rock" / "mine.png").exists() and len(list((data_dir / "rps").rglob("*.png"))) == 6
+    assert sorted(p.name for p in data_dir.iterdir()) == ["rps"]
+
+
+def test_leftovers_of_a_killed_download_are_removed_by_the_next_run(tmp_path, monkeypatch):
+    _bank_resources(tmp_path, monkeypatch)
+    data_dir = tmp_path / "data"
+    dead = "999999999"
+    leftovers = [
+        data_dir / f".extract-{dead}-rps.zip-x1y2",  # killed mid-extraction
+        data_dir / ".extract-bank-abc",  # an older lit-cv's name
+        data_dir / dl.DOWNLOADS / f".rps.zip.{dead}.part",
+        data_dir / dl.DOWNLOADS / "rps.zip.part",
+    ]
+    for path in leftovers:
+        if path.suffix == ".part":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"half")
+        else:
+            (path / "rps" / "rock").mkdir(parents=True)
+    running = data_dir / f".extract-{os.getppid()}-cats.zip-zz"  # another download, still running
+    running.mkdir()
+    dl.download_dataset("bank", data_dir)
+    assert not any(p.exists() for p in leftovers)
+    assert running.is_dir()
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted(
+        [running.name, "bank-full.csv", "bank-names.txt", "bank.csv"]
+    )

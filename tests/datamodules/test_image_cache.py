@@ -172,3 +172,60 @@ def test_unreadable_statistics_are_recomputed(tmp_path):
     next(tmp_path.glob("stats-*.json")).write_text("{not json")
     assert train_statistics(train, tmp_path).mean == pytest.approx((0.2,))
     assert train_statistics(train, None).mean == pytest.approx((0.2,))  # no cache folder: computed every time
+
+
+def test_16_bit_png_decodes_with_its_real_values(tmp_path):
+    gradient = fake_data.write_png16(tmp_path / "gradient16.png", height=8, width=64)
+    assert Image.open(tmp_path / "gradient16.png").mode == "I;16"
+    img = decode_image(tmp_path / "gradient16.png", None, None)
+    assert img.shape == (3, 8, 64) and img.dtype == torch.uint8
+    assert (img.min(), img.max()) == (0, 255)
+    assert (img == 255).float().mean() < 0.05  # before: PIL clipped every value above 255 to white (98%)
+    expected = torch.from_numpy(np.round(gradient.astype(np.float64) * 255 / 65535).astype(np.uint8))
+    assert torch.equal(img[0], expected) and torch.equal(img[1], img[2])
+    assert (img[0, 0, 1:] >= img[0, 0, :-1]).all()  # still a gradient
+    small = decode_image(tmp_path / "gradient16.png", 4, 4)  # through the resize too
+    assert small.max() > small.min()
+
+
+def test_eight_bit_images_are_unchanged_by_the_16_bit_path(tmp_path):
+    rng = np.random.default_rng(3)
+    array = rng.integers(0, 256, (6, 9), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "grey8.png")
+    Image.fromarray(array.astype(np.int32)).save(tmp_path / "int32.tif")  # mode I with values <= 255
+    for name in ("grey8.png", "int32.tif"):
+        assert torch.equal(decode_image(tmp_path / name, None, None)[0], torch.from_numpy(array)), name
+
+
+# ---- cache files are data, never code --------------------------------------------------------------------------
+def test_planted_or_foreign_disk_cache_files_are_decoded_again(files, tmp_path):
+    paths, labels = files
+    first, _ = ImageCache(tmp_path / "data", tmp_path / "cache", "disk", 12, 12).load(paths, labels)
+    expected = torch.stack([first.image(i) for i in range(len(first))])
+    npy, meta = first.images, tmp_path / "cache" / f"files-{first.key}.json"
+    marker = tmp_path / "marker"
+    for planted_npy, planted_meta in [
+        (np.array([fake_data.Payload(marker)], dtype=object), None),  # a pickle inside the .npy
+        (np.zeros((4, 3, 5, 5), dtype=np.uint8), None),  # another shape
+        (np.zeros((4, 3, 12, 12), dtype=np.float32), None),  # another dtype
+        (None, '{"bad": "__import__(\'os\')"}'),  # a foreign files list
+        (None, '{"bad": [99]}'),
+    ]:
+        if planted_npy is not None:
+            np.save(npy, planted_npy, allow_pickle=True)
+        if planted_meta is not None:
+            meta.write_text(planted_meta)
+        data, bad = ImageCache(tmp_path / "data", tmp_path / "cache", "disk", 12, 12).load(paths, labels)
+        assert len(bad) == 3 and torch.equal(torch.stack([data.image(i) for i in range(len(data))]), expected)
+    assert not marker.exists()
+
+
+def test_foreign_statistics_are_recomputed(tmp_path):
+    images = torch.full((2, 3, 3, 3), 51, dtype=torch.uint8)
+    train = CachedImages(labels=torch.zeros(2, dtype=torch.long), images=images, key="k")
+    train_statistics(train, tmp_path)
+    stats = next(tmp_path.glob("stats-*.json"))
+    for planted in ('{"mean": "0.5", "std": [1, 1, 1]}', '{"mean": [NaN, 0, 0], "std": [1, 1, 1]}',
+                    '{"mean": [0.1, 0.2], "std": [1, 1, 1]}', '{"mean": [0.1, 0.2, 0.3], "std": [1, 1, {}]}'):
+        stats.write_text(planted)
+        assert train_statistics(train, tmp_path).mean == pytest.approx((0.2, 0.2, 0.2)), planted

@@ -88,6 +88,19 @@ def test_batched_reads_equal_single_reads_with_and_without_the_normalised_cache(
     assert flipped._normalized is None  # augmented splits are normalised per image
 
 
+def test_loaders_slice_whole_batches_only_without_augmentation(tmp_path):
+    dm = arrays(tmp_path, augment=True)
+    dm.setup("fit")
+    assert dm.datasets["train"].tensors is None and dm.datasets["val"].tensors is not None
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert type(train.dataset).__name__ == "ImageSplitDataset"  # per-sample augmentation, collated
+    assert type(val.dataset).__name__ == "TensorBatches" and val.dataset.data is dm.splits["val"]
+    per_sample = [torch.stack([dm.datasets["val"][i][0] for i in range(start, start + 4)]) for start in (0, 4, 8)]
+    sliced = [x for x, _ in val]
+    assert all(torch.equal(a, b) for a, b in zip(sliced, per_sample)) and len(sliced) == 3
+    assert torch.equal(torch.cat([y for _, y in val]), LABELS)
+
+
 def test_augmentation_only_on_the_train_split(tmp_path):
     dm = arrays(tmp_path, augment=True)
     dm.setup("fit")

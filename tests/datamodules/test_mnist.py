@@ -155,6 +155,23 @@ def test_cli_builds_it_from_the_config_and_it_sets_up(tmp_path, monkeypatch):
     dm = LitCVCLI(args=args, run=False).datamodule
     assert isinstance(dm, MNISTDataModule) and "cache" not in dm.hparams
     dm.setup("fit")
-    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [48, 12, 20]
+    n_val = max(math.ceil(60 * dm.hparams.val_split), 10)  # the config's val_split, rounded up, >= 1 per class
+    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [60 - n_val, n_val, 20]
     assert dm.datasets["train"].transform is not None  # augment: true in the config
     assert dm._num_workers() == (0 if not torch.cuda.is_available() else min(4, os.cpu_count() or 1))
+
+
+@pytest.mark.parametrize("train_from", ["train", "test"])
+def test_predict_ids_name_the_file_and_index_of_each_image(tmp_path, train_from):
+    root = fake_data.make_mnist_idx(tmp_path / "m", n_train=40, n_test=20, layout="raw")
+    dm = MNISTDataModule(root, normalize="none", train_from=train_from, cache_dir=tmp_path / "cache")
+    dm.setup("predict")
+    ids = dm.predict_ids()
+    assert len(ids) == len(dm.datasets["test"])
+    images = read_idx(root / "t10k-images-idx3-ubyte.gz", "images")
+    for position, source in enumerate(ids):
+        name, index = source.split("#")
+        assert name == "t10k-images-idx3-ubyte.gz"  # the official test set, or (train_from: test) a part of it
+        assert torch.equal(dm.splits["test"].images[position, 0], images[int(index)])
+    if train_from == "train":
+        assert ids == [f"t10k-images-idx3-ubyte.gz#{i}" for i in range(20)]

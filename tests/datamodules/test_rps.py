@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from callbacks import PredictionWriter
 from datamodules import RPSDataModule
+from datamodules.image_cache import decode_image
 from lit_cv.classifier import Classifier
 from lit_cv.nets import CNN2
 
@@ -207,7 +210,7 @@ def test_checkpoint_keeps_normalisation_for_validate(rps_dir, tmp_path, tiny_tra
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Trainer(**tiny_trainer_kwargs).validate(
-            model, datamodule=dm2, ckpt_path=ckpt, verbose=False, weights_only=False
+            model, datamodule=dm2, ckpt_path=ckpt, verbose=False, weights_only=True
         )
     assert dm2.normalization.state_dict() == fitted
     x, _ = dm2.datasets["val"][0]
@@ -261,3 +264,22 @@ def test_load_state_dict_updates_already_built_loaders(rps_dir, tmp_path):
     assert torch.allclose(after, (raw - 0.5) / 0.25, atol=1e-5)
     assert not torch.allclose(before, after)
     assert dm.state_dict()["normalization"]["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_predictions_name_their_source_files_and_skipped_files_shift_nothing(rps_dir, tmp_path, tiny_trainer_kwargs):
+    test_set = rps_dir / "rps-test-set"
+    (test_set / "paper" / "testpaper00-000.png").write_bytes(b"")  # unreadable files in the predict split, the
+    fake_data.write_truncated(test_set / "rock" / "testrock00-001.png", test_set / "rock" / "testrock00-000.png")
+    dm = RPSDataModule(rps_dir, batch_size=4, num_workers=0, cache_dir=tmp_path / "cache")
+    model = Classifier(net=CNN2(n_feature=2, in_channels=3, num_classes=3), num_classes=3)
+    writer = PredictionWriter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Trainer(**{**tiny_trainer_kwargs, "callbacks": [writer]}).predict(model, datamodule=dm)
+    rows = list(csv.DictReader(writer.last_path.open()))
+    assert len(rows) == 3 * 3 - 2 and len(dm.predict_ids()) == len(rows)
+    for row in rows:
+        source = Path(row["id"])
+        assert source.is_file() and source.stat().st_size > 0 and source.parent.parent == test_set
+        assert dm.class_names[int(row["label"])] == source.parent.name  # label and file of the same sample
+        assert torch.equal(dm.splits["test"].images[int(row["index"])], decode_image(source, 28, 28))

@@ -22,6 +22,7 @@ STEPS_PER_EPOCH = 6
 RESUME_OVERRIDES: dict[str, Any] = {
     "max_epochs": MAX_EPOCHS,
     "limit_train_batches": STEPS_PER_EPOCH,
+    "deterministic": True,  # not a default: the comparison below is bitwise
     "callbacks": [
         {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/loss", "patience": 50}}
     ],

@@ -1,3 +1,6 @@
+import json
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -5,28 +8,32 @@ from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
 
+from datamodules.loaders import DataLoadersMixin
 from lit_cv import Classifier
-from lit_cv.classifier import l1_penalty
+from lit_cv.classifier import confusion_image, defined_auroc, l1_penalty
 from lit_cv.nets import CNN2
 
 
 class _Blobs(LightningDataModule):
-    """Linearly separable 2-D blobs: a learnable toy problem."""
+    """Linearly separable 2-D blobs: a learnable toy problem (``sorted_val``: validation sorted by class)."""
 
-    def __init__(self, num_classes=3, n=96, binary=False):
+    def __init__(self, num_classes=3, n=96, binary=False, sorted_val=False):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         centers = torch.randn(num_classes, 2, generator=g) * 4
         y = torch.arange(n) % num_classes
         x = centers[y] + 0.3 * torch.randn(n, 2, generator=g)
         self.data = TensorDataset(x, y)
+        order = torch.argsort(y, stable=True) if sorted_val else torch.arange(n)
+        self.val_data = TensorDataset(x[order], y[order])
 
     def train_dataloader(self):
         return DataLoader(self.data, batch_size=16, shuffle=True)
 
     def val_dataloader(self):
-        return DataLoader(self.data, batch_size=32)
+        return DataLoader(self.val_data, batch_size=32)
 
     def test_dataloader(self):
         return self.val_dataloader()
@@ -164,16 +171,17 @@ def test_checkpoint_reload_predicts_identically(tiny_trainer_kwargs, tmp_path):
     assert reloaded.hparams.num_classes == 3 and not {"net", "optimizer"} & set(reloaded.hparams)
 
 
-class _FigureLogger(Logger):
-    """A logger whose ``experiment`` records the figures added to it, as TensorBoard's would show them."""
+class _ImageLogger(Logger):
+    """A logger whose ``experiment`` records the images added to it and the steps of the metrics logged."""
 
     def __init__(self):
         super().__init__()
-        self.figures = {}
+        self.images = {}
+        self.steps = {}
 
     @property
     def name(self):
-        return "figures"
+        return "images"
 
     @property
     def version(self):
@@ -183,21 +191,149 @@ class _FigureLogger(Logger):
     def experiment(self):
         return self
 
-    def add_figure(self, tag, figure, global_step=None):
-        self.figures[tag] = figure
+    def add_image(self, tag, image, global_step=None):
+        self.images[tag] = image
 
     def log_metrics(self, metrics, step=None):
-        pass
+        for name in metrics:
+            self.steps.setdefault(name, []).append(step)
 
     def log_hyperparams(self, params, *args, **kwargs):
         pass
 
 
-def test_confusion_matrix_figure_is_logged_and_closed(tiny_trainer_kwargs):
-    import matplotlib.pyplot as plt
-
-    logger = _FigureLogger()
-    model = Classifier(_linear(3), optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+def test_confusion_matrix_image_is_logged(tiny_trainer_kwargs):
+    logger = _ImageLogger()
+    model = Classifier(_linear(3), optimizer=lambda p: torch.optim.Adam(p, lr=0.05), class_names=["a", "b", "c"])
     _fit(model, {**tiny_trainer_kwargs, "logger": logger}, epochs=1)
-    figure = logger.figures["val/confusion_matrix"]
-    assert not plt.fignum_exists(figure.number)  # closed once logged: long runs do not accumulate figures
+    image = logger.images["val/confusion_matrix"]
+    assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3 and min(image.shape[1:]) > 100
+
+
+def test_confusion_image_shades_cells_by_their_share_of_the_row():
+    image = confusion_image(torch.tensor([[9, 1], [0, 10]]), ["no", "yes"]).permute(1, 2, 0)
+    whites = (image == 255).all(dim=-1)
+    blue = (image[..., 0] < 60) & (image[..., 2] > 150)  # full-share cells: matplotlib's C0 blue
+    assert blue.sum() > 1000 and whites.sum() > blue.sum()  # two full cells, white margins and the empty cell
+
+
+def test_batch_loss_is_logged_only_on_the_steps_lightning_writes(tiny_trainer_kwargs):
+    logger = _ImageLogger()
+    model = Classifier(_linear(3), optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    _fit(model, {**tiny_trainer_kwargs, "logger": logger, "log_every_n_steps": 2}, epochs=2)  # 6 batches/epoch
+    assert logger.steps["train/batch_loss"] == [1, 3, 5, 7, 9, 11]  # as when logged every step
+    assert logger.steps["train/loss"] == [5, 11] and logger.steps["val/acc_class/2"] == [5, 11]
+
+
+# ---------------------------------------------------------------------------------------------------- AUROC
+def test_defined_auroc_matches_torchmetrics_when_every_class_is_present():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(60, 4, generator=g), 1)
+    labels = torch.arange(60) % 4
+    assert defined_auroc(probs, labels) == pytest.approx(float(MulticlassAUROC(4)(probs, labels)), abs=1e-6)
+    binary = probs[:, 1]
+    assert defined_auroc(binary, labels % 2) == pytest.approx(float(BinaryAUROC()(binary, labels % 2)), abs=1e-6)
+
+
+def test_defined_auroc_skips_undefined_classes_without_warning():
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    labels = torch.tensor([0, 1, 0, 1])  # class 2 absent: its one-vs-rest AUROC is undefined
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchmetrics would warn "No positive samples in targets"
+        assert defined_auroc(probs, labels) == pytest.approx(1.0)
+        assert torch.isnan(defined_auroc(probs, torch.zeros(4, dtype=torch.long)))  # one class only
+        assert torch.isnan(defined_auroc(probs[:, 0], torch.ones(4, dtype=torch.long)))
+
+
+def test_sanity_check_on_a_sorted_validation_set_warns_nothing(tiny_trainer_kwargs):
+    """The first validation batches of a class-sorted split hold one class: AUROC is undefined there."""
+    model = Classifier(_linear(3), optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(positive|negative) samples")
+        Trainer(**{**tiny_trainer_kwargs, "num_sanity_val_steps": 1, "limit_val_batches": 1}).fit(
+            model, datamodule=_Blobs(sorted_val=True))
+
+
+# ---------------------------------------------------------------------------------------------------- DDP
+class _ReadMetricsOnRankZero(Callback):
+    """What a progress bar (or any rank-zero-only code) does: read the metrics in the hooks that run before the
+    module's epoch-end hooks, on rank 0 only. Records this rank's warnings about unreduced values to a file."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self._warnings = None
+
+    def setup(self, trainer, pl_module, stage):
+        self._catcher = warnings.catch_warnings(record=True)
+        self._warnings = self._catcher.__enter__()
+        warnings.simplefilter("always")
+
+    def _read(self, trainer):
+        if trainer.global_rank == 0:
+            self.read = (trainer.progress_bar_metrics, trainer.callback_metrics, trainer.logged_metrics)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._read(trainer)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._read(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        self._read(trainer)
+
+    def teardown(self, trainer, pl_module, stage):
+        if stage != "fit":
+            return
+        self._catcher.__exit__(None, None, None)
+        messages = [str(w.message) for w in self._warnings if "sync_dist" in str(w.message)]
+        (self.folder / f"warnings_rank{trainer.global_rank}.txt").write_text("\n".join(messages))
+        values = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        (self.folder / f"metrics_rank{trainer.global_rank}.json").write_text(json.dumps(values))
+
+
+class _TensorBlobs(DataLoadersMixin, LightningDataModule):
+    """The blobs through the package's loaders: TensorBatches, re-sampled by Lightning's DistributedSampler."""
+
+    def __init__(self):
+        super().__init__()
+        self.save_hyperparameters({"batch_size": 8, "num_workers": None})
+        self.datasets = {"train": _Blobs().data, "val": _Blobs(n=48).data}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_rank_zero_readers_finishes_with_global_metrics(tmp_path, tiny_trainer_kwargs):
+    """Before: rank 0's reads ran Lightning's lazy all_reduce of `train/loss` while rank 1 sat in the metrics'
+    all_gather: a deadlock (here: the gloo timeout). Now every collective runs in the module's epoch-end hooks."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    torch.manual_seed(0)
+    model = Classifier(_linear(3), optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    kwargs = {**tiny_trainer_kwargs, "devices": 2, "max_epochs": 2, "limit_train_batches": None,
+              "limit_val_batches": None, "num_sanity_val_steps": 2, "deterministic": False}
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
+    Trainer(**kwargs, strategy=strategy, callbacks=[_ReadMetricsOnRankZero(tmp_path)]).fit(model, _TensorBlobs())
+
+    assert [(tmp_path / f"warnings_rank{r}.txt").read_text() for r in (0, 1)] == ["", ""]
+    ranks = [json.loads((tmp_path / f"metrics_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and "val/acc_class/2" in ranks[0]  # every rank has the global values
+    # the same model validated in one process, on the whole validation set, gives the same numbers
+    single = Trainer(**{**kwargs, "devices": 1}).validate(model, _TensorBlobs(), verbose=False)[0]
+    for name in ("val/loss", "val/acc", "val/f1", "val/auroc", "val/acc_class/0"):
+        assert ranks[0][name] == pytest.approx(single[name], abs=1e-6), name
+
+
+# ---------------------------------------------------------------------------------------------------- warnings
+UNACTIONABLE = ("No positive samples", "No negative samples", "LeafSpec", "Total FLOPs: 0", "sync_dist=True")
+
+
+@pytest.mark.slow
+def test_a_normal_run_prints_no_warning_a_user_cannot_act_on(tmp_path):
+    """`lit-cv fit` of the quickstart as users run it (progress bar and model summary on), shortened."""
+    from subprocess_runs import QUICKSTART, fast_config, run
+
+    fast_config(tmp_path, max_epochs=1, enable_progress_bar=True, enable_model_summary=True)
+    output = run(["fit", "--config", QUICKSTART, "--config", "fast.yaml"], cwd=tmp_path)
+    assert [text for text in UNACTIONABLE if text in output] == []
+    assert "Total FLOPs:" in output  # the summary ran, with an example input

