@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, list[dict[str, Any]]] = {"cached": [], "backbone": []}
     for round_ in range(args.rounds):
-        for name, results in runs.items():
+        for name, results in list(runs.items())[:: 1 if round_ % 2 == 0 else -1]:  # alternate who goes first
             result = run(args.config, args.data_dir, args.epochs, cached=name == "cached")
             results.append(result)
             print(f"round {round_ + 1} {name:>8}: epochs {[round(s, 2) for s in result['epoch_seconds']]} s, "

@@ -12,7 +12,9 @@ one process, ``--rounds`` times, alternating which goes first:
   the final table) cancels;
 - the same net, optimizer, loss and cached tensors in a plain loop: batches sliced from the split's tensors with a
   fresh permutation per epoch (the fastest way to write it by hand; through the datamodule's DataLoader when the
-  split has per-sample augmentation), then a validation pass counting correct predictions; timed the same way.
+  split has per-sample augmentation), then a validation pass counting correct predictions; timed the same way;
+- the same training as the smallest LightningModule, fitted by a Trainer with every extra off (no logger,
+  checkpoints, progress bar or summary) on the datamodule's loaders: what Lightning itself costs, timed the same way.
 
 Prints per-round and median epoch times (wall and CPU: this process's CPU seconds, all threads, steadier than wall
 time on a shared machine), the ratio (lit-cv / plain) with its min-max spread. ``--threads 1`` fixes torch's
@@ -35,9 +37,19 @@ What the changes for issue 13 saved. Profiled first (cProfile with a CPU clock o
 - altogether, ``--trainer.callbacks '[]'`` (the issue's defaults: bar, checkpoints, LR monitor, all metrics, the
   per-class table), 5 rounds of 1 vs 6 epochs, CPU time: RPS 2.32 -> 1.39 s an epoch (ratio 3.24 -> 2.21, plain
   0.66 s); bank-full (1 vs 4 epochs) 6.15 -> 2.53 s (ratio 5.49 -> 2.56, plain 0.93 s).
-Not cut here (other files): the progress bar renders up to 100 times a second (Lightning's default ``refresh_rate``
-for ``RichProgressBar``, ~1 ms CPU a render); two checkpoint writes an epoch (~20 ms each); Lightning's dispatch of
-every hook to every callback (~10 callbacks, ~10 hooks a step).
+- the progress bar: Lightning's ``RichProgressBar`` re-reads every logged metric and renders after each batch
+  (~1 ms CPU); ``callbacks.RichProgressBar`` (the CLI's default) does it at most 10 times a second and at each
+  epoch's last batch. With it, 3 rounds, median (min-max), the three arms side by side: RPS (1 vs 4 epochs): plain
+  0.39 s wall an epoch, bare Lightning 1.25x wall / 1.26x CPU, lit-cv 1.62x wall / 1.52x CPU; bank-full
+  (``configs/bank_mlp_plain.yaml``, 1 vs 3 epochs): plain 0.76 s wall, bare Lightning 1.46x wall (1.32-1.56) /
+  1.44x CPU, lit-cv 2.00x wall (1.61-2.07) / 1.93x CPU (1.72-2.02). The goal, 1.15, is not met: a bare Trainer
+  alone is past it.
+Not cut here: two checkpoint writes an epoch (~20 ms each); Lightning's dispatch of every hook to every callback:
+on bank-full, cProfile (CPU clock) shows per step ~13 hooks, each setting ``LightningModule._current_fx_name``
+twice through ``nn.Module.__setattr__`` (51 calls a step, ~0.5 ms) and ``_call_callback_hooks`` iterating the ~8
+callbacks (~0.7 ms). What lit-cv adds over the bare Trainer (0.3x-0.5x of the plain loop: 0.14 s an epoch on RPS,
+0.37 s on bank-full) is the per-step metric updates, ``self.log`` calls and the
+callbacks' own hooks.
 """
 
 from __future__ import annotations
@@ -140,6 +152,46 @@ def plain_loop(cli_args: list[str], epochs: int | None = None) -> dict[str, Any]
             "plain_loop_val/acc": correct / max(total, 1), "epochs": epochs, "device": str(device)}
 
 
+def bare_lightning_seconds(cli_args: list[str], epochs: int) -> tuple[float, float]:
+    """Wall and CPU seconds of the plain loop's training written as the smallest LightningModule (loss, backward,
+    step; validation counts correct predictions) on the datamodule's own loaders, fitted by a Trainer with every
+    extra off (no logger, checkpoints, progress bar, summary, sanity check): what Lightning itself costs."""
+    from lightning.pytorch import LightningModule, Trainer
+
+    from lit_cv.cli import LitCVCLI
+
+    with mock.patch.object(sys, "argv", sys.argv[:1]):
+        cli = LitCVCLI(args=cli_args, run=False)
+    config, limits = cli.config["model"], cli.trainer
+    binary = config["task"] == "binary"
+
+    class Bare(LightningModule):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net, self.loss_fn = net, nn.BCEWithLogitsLoss() if binary else nn.CrossEntropyLoss()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch[0], batch[1]
+            logits = self.net(x)
+            return self.loss_fn(logits.squeeze(1), y.float()) if binary else self.loss_fn(logits, y.long())
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            logits = self.net(batch[0])
+            preds = (logits.squeeze(1) > 0).long() if binary else logits.argmax(dim=1)
+            self.correct = int((preds == batch[1]).sum())
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return _optimizer(config["optimizer"], [p for p in self.parameters() if p.requires_grad])
+
+    trainer = Trainer(accelerator="auto", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      limit_train_batches=limits.limit_train_batches, limit_val_batches=limits.limit_val_batches)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        trainer.fit(Bare(cli.model.net), datamodule=cli.datamodule)
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
 def cli_fit_seconds(cli_args: list[str], epochs: int, save_dir: Path) -> tuple[float, float]:
     """Wall and CPU seconds (this process, all threads) of ``lit-cv fit CLI_ARGS --trainer.max_epochs EPOCHS`` run
     in this process, its console output swallowed."""
@@ -162,30 +214,40 @@ def _spread(values: list[float]) -> str:
 CLOCKS = ("wall", "cpu")
 
 
+KINDS = ("plain", "bare", "cli")  # the plain loop, a bare Lightning Trainer, lit-cv fit
+
+
 def compare(cli_args: list[str], rounds: int, e1: int, e2: int) -> dict[str, Any]:
-    """Interleaved rounds of the plain loop and ``lit-cv fit``: per-epoch wall and CPU times and their ratios."""
+    """Interleaved rounds of the plain loop, a bare Lightning Trainer and ``lit-cv fit`` (the order rotates each
+    round): per-epoch wall and CPU times and their ratios to the plain loop."""
     plain_loop(cli_args, epochs=1)  # warm-up: decode/caches, first-call costs of torch
     per_round = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             times: dict[str, float] = {}
-            for kind in ("plain", "cli") if r % 2 == 0 else ("cli", "plain"):
+            for kind in KINDS[r % 3:] + KINDS[: r % 3]:
                 if kind == "plain":
                     runs = [plain_loop(cli_args, epochs=e) for e in (e1, e2)]
                     clocks = [(run["plain_loop_seconds"], run["plain_loop_cpu_seconds"]) for run in runs]
+                elif kind == "bare":
+                    clocks = [bare_lightning_seconds(cli_args, e) for e in (e1, e2)]
                 else:
                     clocks = [cli_fit_seconds(cli_args, e, Path(tmp) / f"r{r}e{e}") for e in (e1, e2)]
                 for i, clock in enumerate(CLOCKS):
                     times[f"{kind}_{clock}"] = (clocks[1][i] - clocks[0][i]) / (e2 - e1)
             for clock in CLOCKS:
                 times[f"ratio_{clock}"] = times[f"cli_{clock}"] / times[f"plain_{clock}"]
+                times[f"ratio_bare_{clock}"] = times[f"bare_{clock}"] / times[f"plain_{clock}"]
             per_round.append(times)
             print(f"round {r + 1}: " + ", ".join(
-                f"{clock}: plain {times[f'plain_{clock}']:.3f} s/epoch, lit-cv {times[f'cli_{clock}']:.3f} s/epoch, "
-                f"ratio {times[f'ratio_{clock}']:.3f}" for clock in CLOCKS), flush=True)
+                f"{clock}: plain {times[f'plain_{clock}']:.3f} s/epoch, bare Lightning {times[f'bare_{clock}']:.3f}, "
+                f"lit-cv {times[f'cli_{clock}']:.3f}, ratio {times[f'ratio_{clock}']:.3f}" for clock in CLOCKS),
+                flush=True)
     for clock in CLOCKS:
         print(f"{clock} time  plain loop s/epoch: {_spread([t[f'plain_{clock}'] for t in per_round])}")
+        print(f"{clock} time  bare Lightning s/epoch: {_spread([t[f'bare_{clock}'] for t in per_round])}")
         print(f"{clock} time  lit-cv fit s/epoch: {_spread([t[f'cli_{clock}'] for t in per_round])}")
+        print(f"{clock} time  ratio bare Lightning / plain: {_spread([t[f'ratio_bare_{clock}'] for t in per_round])}")
         print(f"{clock} time  ratio lit-cv / plain: {_spread([t[f'ratio_{clock}'] for t in per_round])}")
     median = {key: statistics.median(t[key] for t in per_round) for key in per_round[0]}
     return {"rounds": per_round, "median": median, "epochs": [e1, e2], "torch_threads": torch.get_num_threads()}

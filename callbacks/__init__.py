@@ -10,6 +10,7 @@ from callbacks.lr_range_test import LRRangeTest
 from callbacks.metrics_report import MetricsReport
 from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.progress_bar import RichProgressBar
 from callbacks.rng_state import RNGState
 from callbacks.slurm_requeue import SLURMRequeue
 
@@ -25,5 +26,6 @@ __all__ = [
     "ModelCheckpoint",
     "PredictionWriter",
     "RNGState",
+    "RichProgressBar",
     "SLURMRequeue",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datamodules.image_cache import CacheMode
+from datamodules.image_datamodule import Augment
 from datamodules.image_folder import FileSplit, ImageFolderDataModule
 from datamodules.splits import check_val_split, stratified_split
 
@@ -53,7 +54,7 @@ class CatsDogsDataModule(ImageFolderDataModule):
         num_workers: int | None = None,
         image_size: int | None = 224,
         resize_size: int | None = None,
-        augment: bool = False,
+        augment: bool | Augment = False,
         normalize: str = "imagenet",
         cache: CacheMode = "disk",
         val_split: float = 0.2,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -26,6 +26,15 @@ from datamodules.normalization import Normalization, fixed_normalization, timm_d
 # CUDA device) as whole tensors: RPS, digits, MNIST (188 MB). Larger ones are normalised per image: the float copy of
 # Cats-vs-Dogs at 224 px (1.2 GB) raised a fit's peak RSS from 2.7 to 3.9 GB for < 1 % of its step time.
 NORMALIZED_CACHE_BYTES = 256 << 20
+Augment = Literal["light", "strong"]
+AUGMENT_LEVELS = ("light", "strong")
+
+
+def random_affine(strong: bool) -> v2.RandomAffine:
+    """The geometric part of the train augmentation: rotation, shift and zoom, light or strong."""
+    if strong:
+        return v2.RandomAffine(degrees=40, translate=(0.2, 0.2), scale=(0.8, 1.2))
+    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
 
 
 class ImageSplitDataset(Dataset):
@@ -93,7 +102,9 @@ class ImageDataModule(DataLoadersMixin, LightningDataModule):
             faster than inter-process transfer), else ``min(4, cpu_count)``.
         image_size: side of the square images fed to the net; ``None`` takes the input size of
             ``normalize: timm:<model>``.
-        augment: random augmentation (``_augmentation``) on the train split.
+        augment: random augmentation (``_augmentation``) on the train split: ``true`` / ``light`` (flips, rotation
+            up to 10 degrees, 10% shifts and zoom, colour jitter) or ``strong`` (rotation up to 40 degrees, 20% shifts
+            and zoom: for test images unlike the training ones, e.g. RPS's other hands).
         normalize: ``train`` (course method, train split only), ``imagenet``, ``none`` or ``timm:<model_name>``.
         cache_dir: where statistics and decoded tensors are cached; default ``<data_dir>/.lit-cv-cache``, or
             ``~/.cache/lit-cv/...`` when the data folder is read-only.
@@ -111,12 +122,14 @@ class ImageDataModule(DataLoadersMixin, LightningDataModule):
         batch_size: int,
         num_workers: int | None,
         image_size: int | None,
-        augment: bool,
+        augment: bool | Augment,
         normalize: str,
         cache_dir: str | Path | None,
         download: bool,
     ) -> None:
         super().__init__()
+        if augment not in (False, True, *AUGMENT_LEVELS):
+            raise ValueError(f"augment must be true, false or one of {AUGMENT_LEVELS}, got {augment!r}.")
         validate_normalize(normalize)
         check_loader_args(batch_size, num_workers)
         self.save_hyperparameters()
@@ -150,7 +163,7 @@ class ImageDataModule(DataLoadersMixin, LightningDataModule):
         return v2.Compose(
             [
                 v2.RandomHorizontalFlip(),
-                v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+                random_affine(self.hparams.augment == "strong"),
                 v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
             ]
         )

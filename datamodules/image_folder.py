@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.image_cache import CACHE_DIR_NAME, SUPPORTED_CACHE, CachedImages, CacheMode, ImageCache
-from datamodules.image_datamodule import ImageDataModule
+from datamodules.image_datamodule import Augment, ImageDataModule
 
 BAD_FILES_SHOWN = 5  # paths listed in the one "skipped files" warning
 
@@ -54,7 +54,7 @@ class ImageFolderDataModule(ImageDataModule):
         batch_size: int = 16,
         num_workers: int | None = None,
         image_size: int | None = 28,
-        augment: bool = False,
+        augment: bool | Augment = False,
         normalize: str = "train",
         cache: CacheMode = "memory",
         seed: int = 13,

@@ -28,7 +28,7 @@ from jsonargparse.typing import PositiveFloat
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.metrics_report import MetricsReport
 from callbacks.model_checkpoint import ModelCheckpoint
 from callbacks.prediction_writer import PredictionWriter
+from callbacks.progress_bar import RichProgressBar
 from callbacks.rng_state import RNGState
 from callbacks.slurm_requeue import SLURMRequeue, launched_by_srun, num_nodes_from_env
 from lit_cv.classifier import Classifier

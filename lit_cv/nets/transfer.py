@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections import OrderedDict
 from typing import Literal
 
@@ -41,6 +42,15 @@ from lit_cv.nets.weights import (
 Finetune = Literal["all", "head", "last_n"]
 FINETUNE_MODES = ("all", "head", "last_n")
 TORCHVISION_FAMILIES = ("vgg", "resnet")
+
+
+def ignore_eval_mode_warning() -> None:
+    """Hide Lightning's "Found N module(s) in eval mode at the start of training": a frozen backbone (and frozen
+    BatchNorm) runs in eval mode on purpose, so the warning only repeats what the config asked for."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
+ignore_eval_mode_warning()
 
 
 def _timm_backbone(model_name: str, pretrained: bool | str) -> nn.Module:

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import REPO_ROOT
 
-from benchmarks.overhead import main, plain_loop
+from benchmarks.overhead import bare_lightning_seconds, main, plain_loop
 
 QUICKSTART = ["--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--model.lr_scheduler", "null"]
 SHORT = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
@@ -34,7 +34,14 @@ def test_interleaved_rounds_give_a_ratio_per_clock(tmp_path, capsys):
     (round_,) = result["rounds"]
     for clock in ("wall", "cpu"):
         assert round_[f"ratio_{clock}"] == pytest.approx(round_[f"cli_{clock}"] / round_[f"plain_{clock}"])
-    assert "ratio lit-cv / plain" in capsys.readouterr().out
+        assert round_[f"ratio_bare_{clock}"] == pytest.approx(round_[f"bare_{clock}"] / round_[f"plain_{clock}"])
+    out = capsys.readouterr().out
+    assert "ratio lit-cv / plain" in out and "ratio bare Lightning / plain" in out
+
+
+def test_bare_lightning_trains_the_configs_net():
+    wall, cpu = bare_lightning_seconds([*QUICKSTART, *SHORT], epochs=1)
+    assert wall > 0 and cpu > 0
 
 
 def test_bad_epochs_are_refused():

@@ -29,7 +29,7 @@ class Arrays(ImageDataModule):
         batch_size: int = 4,
         num_workers: int | None = None,
         image_size: int | None = 8,
-        augment: bool = False,
+        augment: bool | str = False,
         normalize: str = "train",
         cache_dir: str | Path | None = None,
         download: bool = False,
@@ -106,6 +106,21 @@ def test_augmentation_only_on_the_train_split(tmp_path):
     dm.setup("fit")
     assert dm.datasets["train"].transform is not None
     assert dm.datasets["val"].transform is None and dm.datasets["test"].transform is None
+
+
+@pytest.mark.parametrize(("augment", "degrees", "shift"), [(True, 10, 0.1), ("light", 10, 0.1), ("strong", 40, 0.2)])
+def test_augmentation_strength(tmp_path, augment, degrees, shift):
+    dm = arrays(tmp_path, augment=augment)
+    dm.setup("fit")
+    (affine,) = [t for t in dm.datasets["train"].transform.transforms if type(t).__name__ == "RandomAffine"]
+    assert affine.degrees == [-degrees, degrees] and affine.translate == (shift, shift)
+    x, _ = dm.datasets["train"][0]
+    assert x.shape == (3, 8, 8) and x.dtype == torch.float32
+
+
+def test_an_unknown_augmentation_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"augment must be true, false or one of \('light', 'strong'\), got 'heavy'"):
+        arrays(tmp_path, augment="heavy")
 
 
 def test_checkpoint_normalisation_wins_over_the_data(tmp_path):

@@ -1,4 +1,5 @@
 import logging
+import warnings
 
 import pytest
 import timm
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lit_cv.classifier import Classifier
 from lit_cv.nets import TransferNet
-from lit_cv.nets.transfer import frozen_param_names
+from lit_cv.nets.transfer import frozen_param_names, ignore_eval_mode_warning
 from lit_cv.nets.weights import WEIGHT_SOURCES, HubWeights, get_source, load_weights_file
 
 TINY = "test_resnet"  # timm's 0.4M-parameter ResNet with BatchNorm; stages act1, layer1..layer4
@@ -296,7 +297,10 @@ def test_fit_start_prints_trainable_and_frozen_per_mode(tmp_path, caplog, finetu
     data = DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])), batch_size=2)
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("default")  # as in a plain run (pytest shows every warning), then the net's filter
+        ignore_eval_mode_warning()
         trainer.fit(Classifier(net=net, num_classes=3), train_dataloaders=data)
+    assert not [w for w in warned if "in eval mode at the start of training" in str(w.message)]  # frozen on purpose
     total = 99196 + 771
     assert f"Parameters: {total:,} total, {total - frozen:,} trainable ({frozen:,} frozen)" in caplog.text
