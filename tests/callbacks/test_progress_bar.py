@@ -44,3 +44,17 @@ def test_a_fit_draws_fewer_times_than_batches_and_ends_complete(tiny_trainer_kwa
         Trainer(**kwargs, callbacks=[bar, completed]).fit(BoringModel())
     assert completed.seen == [(20, 20), (20, 20)]
     assert 2 <= drawn.call_count <= 4  # each last batch, the very first; Lightning's bar draws after all 40
+
+
+def test_a_disabled_bar_fit_validate_test_predict(tiny_trainer_kwargs):
+    """Lightning disables the bar on every rank but 0 (``ProgressBar.setup``); it then tracks no dataloader, so the
+    throttle must not ask it for one (DDP rank 1 failed with ``_current_eval_dataloader_idx is not None``)."""
+    bar = RichProgressBar()
+    bar.disable()
+    trainer = Trainer(**{**tiny_trainer_kwargs, "enable_progress_bar": True}, callbacks=[bar])
+    model = BoringModel()
+    trainer.fit(model)
+    trainer.validate(model)
+    trainer.test(model)
+    assert len(trainer.predict(model)) > 0
+    assert bar.is_disabled and bar.progress is None

@@ -178,3 +178,44 @@ def test_a_broken_ckpt_path_gets_one_message_naming_it(finished_run, tmp_path, c
                        "--ckpt_path", str(broken), capsys=capsys)
     assert "broken.ckpt" in error and says in error
     assert "weights_only" not in error.replace("--weights_only", "")
+
+
+PRODUCT_PACKAGES = ("lit_cv", "callbacks", "datamodules")
+SAFE_LOADS = {"load": ("weights_only", True), "load_state_dict_from_url": ("weights_only", True),
+              "load_file_from_url": ("weights_only", True)}
+
+
+def _unsafe_loads(source: str, filename: str) -> list[str]:
+    """``torch.load``-like calls in SOURCE that do not pass ``weights_only=True``, and ``np.load`` calls that do not
+    pass ``allow_pickle=False``, as ``file:line``."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+        keywords = {k.arg: k.value for k in node.keywords}
+        if owner in ("np", "numpy") and node.func.attr == "load":
+            wanted = ("allow_pickle", False)
+        elif owner in ("torch", "hub") and node.func.attr in SAFE_LOADS:
+            wanted = SAFE_LOADS[node.func.attr]
+        else:
+            continue
+        value = keywords.get(wanted[0])
+        if not (isinstance(value, ast.Constant) and value.value is wanted[1]):
+            found.append(f"{filename}:{node.lineno}")
+    return found
+
+
+def test_the_static_check_finds_an_unsafe_load():
+    source = "import torch, numpy as np\ntorch.load(p)\ntorch.load(p, weights_only=False)\nnp.load(p)\n" \
+             "torch.load(p, weights_only=True)\nnp.load(p, allow_pickle=False)\n"
+    assert _unsafe_loads(source, "x.py") == ["x.py:2", "x.py:3", "x.py:4"]
+
+
+def test_product_code_loads_every_file_weights_only():
+    root = Path(__file__).resolve().parents[2]
+    unsafe = [hit for package in PRODUCT_PACKAGES for path in sorted((root / package).rglob("*.py"))
+              for hit in _unsafe_loads(path.read_text(), str(path.relative_to(root)))]
+    assert not unsafe, f"loads that may unpickle (pass weights_only=True / allow_pickle=False): {unsafe}"
