@@ -58,3 +58,14 @@ def test_a_disabled_bar_fit_validate_test_predict(tiny_trainer_kwargs):
     trainer.test(model)
     assert len(trainer.predict(model)) > 0
     assert bar.is_disabled and bar.progress is None
+
+
+def test_the_version_number_shows_as_an_integer(tiny_trainer_kwargs, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    bar = RichProgressBar()
+    kwargs = {**tiny_trainer_kwargs, "enable_progress_bar": True, "logger": CSVLogger(tmp_path, name="run", version=3)}
+    trainer = Trainer(**kwargs, callbacks=[bar])
+    trainer.fit(BoringModel())
+    items = bar.get_metrics(trainer, trainer.lightning_module)
+    assert items["v_num"] == "3"  # Lightning's rich bar formats any number with .3f
