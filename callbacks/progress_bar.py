@@ -50,30 +50,28 @@ class RichProgressBar(LightningRichProgressBar):
             items["v_num"] = str(items["v_num"])
         return items
 
+    def _due(self, batch_idx: int, total: str) -> bool:
+        """Whether this batch end draws: never on a disabled bar (every rank but 0, where Lightning tracks no
+        dataloader, so ``total``, the name of the bar's batch-count property, must not be read), else
+        :meth:`draw_due`."""
+        return not self.is_disabled and self.draw_due(batch_idx, getattr(self, total))
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.is_disabled:  # other ranks than 0: Lightning's bar draws nothing there (nor tracks the dataloader)
-            return
-        if self.train_progress_bar_id is None or self.draw_due(batch_idx, self.total_train_batches):
+        if not self.is_disabled and self.train_progress_bar_id is None or self._due(batch_idx, "total_train_batches"):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.is_disabled:
-            return
-        if trainer.sanity_checking or self.draw_due(batch_idx, self.total_val_batches_current_dataloader):
+        if trainer.sanity_checking or self._due(batch_idx, "total_val_batches_current_dataloader"):
             super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.is_disabled:
-            return
-        if self.draw_due(batch_idx, self.total_test_batches_current_dataloader):
+        if self._due(batch_idx, "total_test_batches_current_dataloader"):
             super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.is_disabled:
-            return
-        if self.draw_due(batch_idx, self.total_predict_batches_current_dataloader):
+        if self._due(batch_idx, "total_predict_batches_current_dataloader"):
             super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)

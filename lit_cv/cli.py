@@ -40,7 +40,13 @@ from callbacks.progress_bar import RichProgressBar
 from callbacks.rng_state import RNGState
 from callbacks.slurm_requeue import SLURMRequeue, launched_by_srun, num_nodes_from_env
 from lit_cv.classifier import Classifier
-from lit_cv.resume import check_checkpoint_fits, read_ckpt_path, reuse_last_version, skip_pretrained_download
+from lit_cv.resume import (
+    LINKED_NET_ARGS,
+    check_checkpoint_fits,
+    read_ckpt_path,
+    reuse_last_version,
+    skip_pretrained_download,
+)
 
 SEED = 13
 RUNS_DIR = "runs"
@@ -112,12 +118,11 @@ class LitCVCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        # Tabular nets get their input width from the data. jsonargparse skips this link when the datamodule has no
-        # `num_features` or the net no `in_features` (image data, image nets), so it is safe for every config.
-        parser.link_arguments("data.num_features", "model.net.init_args.in_features", apply_on="instantiate")
-        # The input side, given once: datamodules with an `image_size` set it in nets that take one (CNN2, ConvNet,
-        # DenseNet); skipped like the link above for tabular data or nets that pool to any size (TransferNet).
-        parser.link_arguments("data.image_size", "model.net.init_args.image_size", apply_on="instantiate")
+        # The input side, given once by the data: tabular nets' `in_features` (the datamodule's `num_features`), image
+        # nets' `image_size` (CNN2, ConvNet, DenseNet). jsonargparse skips a link when the datamodule lacks the
+        # attribute or the net the argument (image data, tabular nets, TransferNet), so both suit every config.
+        for net_arg, attribute in LINKED_NET_ARGS.items():
+            parser.link_arguments(f"data.{attribute}", f"model.net.init_args.{net_arg}", apply_on="instantiate")
         # srun / torchrun jobs: Lightning requires num_nodes to equal the job's node count, so default to it.
         parser.set_defaults({"trainer.num_nodes": num_nodes_from_env()})
         parser.add_argument(
@@ -154,20 +159,8 @@ class LitCVCLI(LightningCLI):
         kwargs.setdefault("strategy", with_collective_timeout(config.get("strategy", "auto"), timeout))
         return super().instantiate_trainer(**kwargs)
 
-    # Checked after the model and data are built, before Lightning loads the checkpoint into the model.
-    def before_fit(self) -> None:
-        self._check_checkpoint()
-
-    def before_validate(self) -> None:
-        self._check_checkpoint()
-
-    def before_test(self) -> None:
-        self._check_checkpoint()
-
-    def before_predict(self) -> None:
-        self._check_checkpoint()
-
-    def _check_checkpoint(self) -> None:
+    def after_instantiate_classes(self) -> None:
+        """The checkpoint given as ``--ckpt_path`` fits the model and data just built (before Lightning loads it)."""
         if self.ckpt_summary is not None:
             check_checkpoint_fits(self.ckpt_summary, self.model, self.datamodule)
 

@@ -159,7 +159,7 @@ def tensorboard_hparams(logdir: Path) -> tuple[set[str], set[str], dict[str, dic
 def test_hparams_tab_compares_two_cli_runs(tmp_path):
     """Two quickstart runs (SGD with momentum, Adam) read back through TensorBoard's own HPARAMS code: the union of
     both runs' settings as columns, only the final validation metrics as metric columns, no plumbing."""
-    for optimizer in ("sgd_momentum", "adam"):
+    for optimizer in ("sgd_momentum", "adam"):  # bar and callbacks off: only the HPARAMS event data is under test
         LitCVCLI(args=["fit", "--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--config",
                        str(REPO_ROOT / "configs" / "optim" / f"{optimizer}.yaml"), "--trainer.max_epochs", "1",
                        "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",

@@ -99,7 +99,7 @@ def test_cluster_environment_of_a_one_task_job_step(monkeypatch: pytest.MonkeyPa
     if in_job_step:
         for key, value in SLURM_STEP_ENV.items():
             monkeypatch.setenv(key, value)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)  # never fits: only read
     environment = cluster_environment(trainer)
     assert isinstance(environment, SLURMEnvironment) == in_job_step
     assert not in_job_step or environment.auto_requeue

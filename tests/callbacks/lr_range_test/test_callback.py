@@ -85,7 +85,7 @@ def _cli_args(tmp_path: Path, *extra: str) -> list[str]:
         "--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--config", str(config),
         "--model.net.init_args.n_feature=3", f"--model.net.init_args.image_size={SIDE}",
         f"--data.init_args.image_size={SIDE}", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-        "--trainer.num_sanity_val_steps=0",
+        "--trainer.num_sanity_val_steps=0",  # the bar and summary are off to keep the probed output short
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", f"--trainer.default_root_dir={tmp_path}",
         *extra,

@@ -48,6 +48,7 @@ def test_missing_config_and_bad_choices_exit_with_usage(capsys):
 
 
 def test_too_short_curve_exits_1_with_the_reason(tmp_path, capsys):
+    # progress bar and summary off: the assertions read the captured stdout, which they would flood
     code = main([
         "--config", str(QUICKSTART), "--num-iter", "3", "--output-dir", str(tmp_path / "out"),
         "--model.net.init_args.n_feature=3", "--model.net.init_args.image_size=12",
@@ -64,7 +65,7 @@ def test_too_short_curve_exits_1_with_the_reason(tmp_path, capsys):
 @pytest.mark.slow
 def test_lr_find_on_quickstart_writes_json_and_png(tmp_path):
     lit_cv = Path(sys.executable).with_name("lit-cv")
-    command = [
+    command = [  # progress bar off: stderr (the bar's stream) is the failure message asserted on
         # 20 steps: at 10 the smoothed curve is flat noise, lowest at its 2nd point, with no descent for valley
         str(lit_cv), "lr-find", "--config", str(QUICKSTART), "--num-iter", "20", "--skip-begin", "1",
         "--start-lr", "1e-5", "--end-lr", "1", "--output-dir", str(tmp_path / "out"),
