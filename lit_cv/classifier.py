@@ -531,7 +531,9 @@ class Classifier(LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        # a net with param groups (TransferNet: the backbone at backbone_lr_ratio of the head's lr) sets them
+        param_groups = getattr(self.net, "param_groups", None)
+        params = param_groups() if callable(param_groups) else [p for p in self.parameters() if p.requires_grad]
         optimizer, scheduler = build_optimizer_and_scheduler(
             self.optimizer_factory, self.lr_scheduler_factory, params
         )

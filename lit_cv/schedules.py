@@ -93,7 +93,8 @@ def build_optimizer_and_scheduler(
     scheduler_factory: Callable[..., Any] | None,
     params: Sequence[Any],
 ) -> tuple[Optimizer, Any]:
-    """Build the optimizer on ``params`` and the scheduler on it (``None`` without a scheduler factory).
+    """Build the optimizer on ``params`` (tensors, or param groups whose ``lr_scale`` multiplies the optimizer's
+    lr) and the scheduler on it (``None`` without a scheduler factory).
 
     Raises:
         ValueError: for a CyclicLR that cycles momentum (``cycle_momentum``, torch's default) on an optimizer
@@ -101,6 +102,8 @@ def build_optimizer_and_scheduler(
             An optimizer with neither ``momentum`` nor ``betas`` (Adagrad) gets torch's own refusal.
     """
     optimizer = optimizer_factory(list(params))
+    for group in optimizer.param_groups:  # a net's param groups may ask for a share of the lr (TransferNet's backbone)
+        group["lr"] *= group.pop("lr_scale", 1.0)
     if scheduler_factory is None:
         return optimizer, None
     momentum = has_momentum(optimizer)  # before CyclicLR writes its own momentum into the param groups

@@ -295,6 +295,7 @@ def test_fit_start_prints_trainable_and_frozen_per_mode(tmp_path, caplog, finetu
     net = TransferNet(TINY_EFFICIENTNET, num_classes=3, pretrained=False, finetune=finetune,
                       unfreeze_last=unfreeze_last)
     data = DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])), batch_size=2)
+    # Not a user path: a bare Trainer for the Classifier's fit-start line; the extras would only add output.
     trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as warned:
@@ -304,3 +305,19 @@ def test_fit_start_prints_trainable_and_frozen_per_mode(tmp_path, caplog, finetu
     assert not [w for w in warned if "in eval mode at the start of training" in str(w.message)]  # frozen on purpose
     total = 99196 + 771
     assert f"Parameters: {total:,} total, {total - frozen:,} trainable ({frozen:,} frozen)" in caplog.text
+
+
+def test_the_classifiers_optimizer_trains_the_backbone_at_its_lr_ratio(recwarn):
+    """configs/cats_dogs_lite0_{finetune,last_blocks}.yaml: the backbone at 0.1 of the head's lr, schedule included."""
+    from functools import partial
+
+    net = TransferNet(TINY_EFFICIENTNET, num_classes=3, pretrained=False, finetune="all", backbone_lr_ratio=0.1)
+    model = Classifier(net, optimizer=partial(torch.optim.AdamW, lr=1e-3),
+                       lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4))
+    config = model.configure_optimizers()
+    head, backbone = config["optimizer"].param_groups
+    assert head["lr"] == pytest.approx(1e-3) and backbone["lr"] == pytest.approx(1e-4) and "lr_scale" not in backbone
+    assert config["lr_scheduler"]["scheduler"].base_lrs == pytest.approx([1e-3, 1e-4])
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in net.backbone.parameters()}
+    net.train()(torch.randn(2, 3, 32, 32))
+    assert not [w for w in recwarn if "has no effect" in str(w.message)]
