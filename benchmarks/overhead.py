@@ -44,12 +44,20 @@ What the changes for issue 13 saved. Profiled first (cProfile with a CPU clock o
   (``configs/bank_mlp_plain.yaml``, 1 vs 3 epochs): plain 0.76 s wall, bare Lightning 1.46x wall (1.32-1.56) /
   1.44x CPU, lit-cv 2.00x wall (1.61-2.07) / 1.93x CPU (1.72-2.02). The goal, 1.15, is not met: a bare Trainer
   alone is past it.
-Not cut here: two checkpoint writes an epoch (~20 ms each); Lightning's dispatch of every hook to every callback:
-on bank-full, cProfile (CPU clock) shows per step ~13 hooks, each setting ``LightningModule._current_fx_name``
-twice through ``nn.Module.__setattr__`` (51 calls a step, ~0.5 ms) and ``_call_callback_hooks`` iterating the ~8
-callbacks (~0.7 ms). What lit-cv adds over the bare Trainer (0.3x-0.5x of the plain loop: 0.14 s an epoch on RPS,
-0.37 s on bank-full) is the per-step metric updates, ``self.log`` calls and the
-callbacks' own hooks.
+- Lightning's hook bookkeeping (py-spy over ``lit-cv fit``, a bare Trainer and the plain loop, 12 epochs each, one
+  thread): ``_current_fx_name`` written through ``nn.Module.__setattr__`` twice a hook call, and
+  ``ModelCheckpoint.state_key`` rebuilt at each hook; now a plain attribute write (``Classifier.__setattr__``) and a
+  cached key: 1.27 -> 0.19 us and 1.15 -> 0.24 us a call (timeit), ~0.04 ms of a ~2.6 ms CNN2 step (1.5%, inside
+  the rounds' spread). Afterwards, 5 rounds RPS (1 vs 4 epochs): plain 0.41 s wall, bare Lightning 1.23x wall
+  (1.05-1.49) / 1.24x CPU, lit-cv 1.41x wall (1.24-1.71) / 1.37x CPU; ``--threads 1``: plain 0.44 s, bare 1.34x,
+  lit-cv 1.45x (both spanning ~1.0-1.6). bank-full (3 rounds, 1 vs 3 epochs): plain 0.60 s, bare 1.28x wall /
+  1.38x CPU, lit-cv 1.80x / 1.78x. There the next cost is Lightning's dispatch of every hook to every callback
+  (~11% of an epoch in py-spy: the loop and a profiler context per callback, most hooks being the base no-op);
+  cutting it means replacing Lightning's private ``_call_callback_hooks``: not done.
+Not cut here: two checkpoint writes an epoch (~20 ms each) and Lightning's per-callback hook dispatch (above).
+cProfile had put ``_current_fx_name``'s 51 writes a step at ~0.5 ms: its per-call overhead inflates small calls;
+timeit gives 0.06 ms. What lit-cv adds over the bare Trainer (0.2x-0.5x of the plain loop) is the per-step
+bookkeeping of predictions, the callbacks' own hooks and the epoch-end metrics, checkpoints and images.
 """
 
 from __future__ import annotations

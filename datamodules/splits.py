@@ -1,9 +1,12 @@
-"""The seeded, stratified train/validation split every datamodule of the package uses (scikit-learn's)."""
+"""The seeded, stratified train/validation split every datamodule of the package uses (scikit-learn's), and a
+grouped one that keeps every subject (file-name group) on one side."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -40,3 +43,43 @@ def stratified_split(
             f"(val_split={val_split}) with every class in both: {err} Use more data or another val_split."
         ) from err
     return np.sort(train), np.sort(val)
+
+
+_FRAME_NUMBER = re.compile(r"[-_. ]?\d+$")
+
+
+def name_group(path: str | Path) -> str:
+    """The group of an image file named by subject and frame: its stem without a trailing frame number
+    (``rock01-003.png`` -> ``rock01``, ``testscissors02-117.png`` -> ``testscissors02``, ``IMG_0042.jpg`` -> ``IMG``)."""
+    stem = Path(path).stem
+    return _FRAME_NUMBER.sub("", stem) or stem
+
+
+def grouped_split(
+    labels: Sequence[int] | np.ndarray, groups: Sequence[str], val_split: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(train, val)`` with whole groups (e.g. one rendered hand, one patient) on one side: of each
+    class, ``round(val_split * its groups)`` groups (at least one), chosen by ``seed``, go to validation. Validation
+    then asks what a test set of *other* subjects asks (does the model generalise to new ones?), where an
+    image-level split of the same subjects mostly asks whether it remembers them.
+
+    Raises:
+        ValueError: ``val_split`` outside (0, 1), lengths that differ, or a class with fewer than two groups.
+    """
+    check_val_split(val_split)
+    labels, groups = np.asarray(labels), np.asarray(groups, dtype=object)
+    if len(labels) != len(groups):
+        raise ValueError(f"grouped_split: {len(labels)} labels but {len(groups)} groups.")
+    rng = np.random.default_rng(seed)
+    val_groups: set[tuple[int, str]] = set()
+    for label in np.unique(labels):
+        names = sorted(set(groups[labels == label]))
+        if len(names) < 2:
+            raise ValueError(
+                f"Class {label} has {len(names)} group(s) ({names}): a grouped validation split needs at least two "
+                "per class. Name files by subject and frame (rock01-000.png) or split by image instead."
+            )
+        count = min(max(1, round(val_split * len(names))), len(names) - 1)
+        val_groups |= {(int(label), str(name)) for name in rng.choice(names, size=count, replace=False)}
+    in_val = np.array([(int(label), str(group)) in val_groups for label, group in zip(labels, groups)], dtype=bool)
+    return np.flatnonzero(~in_val), np.flatnonzero(in_val)

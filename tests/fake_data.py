@@ -109,8 +109,11 @@ def make_rps(
     test_per_class: int = 3,
     bad_files: bool = True,
     seed: int = 0,
+    per_hand: int = 100,
 ) -> Path:
     """RPS tree ``root/rps/{paper,rock,scissors}/*.png`` + ``root/rps-test-set/...``; returns ``root``.
+
+    Files are named as the real ones, by hand and pose: ``rock01-003.png``, ``per_hand`` poses a hand.
 
     With ``bad_files``: ``rps/rock/rock-empty.png`` (zero bytes), ``rps/paper/paper-truncated.png`` (half a PNG)
     and ``rps/scissors/Thumbs.db``, i.e. 3 files the datamodule must skip (so ``per_class`` readable images remain).
@@ -122,7 +125,7 @@ def make_rps(
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 prefix = "test" + cls if split == "rps-test-set" else cls
-                write_rgba_png(folder / f"{prefix}{i // 100:02d}-{i % 100:03d}.png", rng, _TINTS[cls], size)
+                write_rgba_png(folder / f"{prefix}{i // per_hand:02d}-{i % per_hand:03d}.png", rng, _TINTS[cls], size)
     if bad_files:
         (root / "rps" / "rock" / "rock-empty.png").write_bytes(b"")
         write_truncated(

@@ -5,8 +5,10 @@ The datamodules validate and test on the same split when a dataset has no separa
 its official test set), so a row with ``holdout`` gets derived data folders, in the dataset's own format, under
 ``OUT/cache/holdout/<row>`` (symbolic links for image files):
 
-- **rps**: ``RPS_VAL_FRACTION`` of ``rps/`` (stratified, seeded) becomes the validation set (the fit's
-  ``rps-test-set/``); the test pass reads the original folder, whose test split is the official 372 images.
+- **rps**: whole hands of ``rps/`` become the validation set (the fit's ``rps-test-set/``):
+  ``RPS_VAL_FRACTION`` of each class's rendered hands (``rock03-*.png`` is one hand in 120 poses; 1 of 7 per
+  class, seeded), as the official test set shows other hands than training; the test pass reads the original
+  folder, whose test split is the official 372 images. Files not named by hand are split by image (stratified).
 - **mnist** (the 10,000 official test images, the training images being absent): ``TEST_FRACTION`` held out as
   ``t10k-*`` (the same 2,000 images the course row validates on), the rest as ``train-*`` (``train_from: train``),
   from which the datamodule carves its validation split.
@@ -22,6 +24,7 @@ replace these folders by two CLI arguments.
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +34,11 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.cats_dogs import ALIASES
 from datamodules.image_cache import CACHE_DIR_NAME
-from datamodules.splits import stratified_split
+from datamodules.splits import grouped_split, name_group, stratified_split
 
 SEED = 13  # the split seed of every datamodule
 TEST_FRACTION = 0.2  # held out as the test set of data without one (the datamodules' default validation fraction)
-RPS_VAL_FRACTION = 0.1  # of the 2,520 training images: 252 validate, 2,268 train
+RPS_VAL_FRACTION = 0.1  # of each class's hands in rps/: 1 of 7, i.e. 360 images validate, 2,160 train
 RPS_CLASSES = ("paper", "rock", "scissors")
 
 
@@ -95,7 +98,11 @@ def _link(paths: list[Path], labels: np.ndarray, indices: np.ndarray, root: Path
 def rps(data_dir: Path, work: Path) -> Holdout:
     classes = {c: (c,) for c in RPS_CLASSES}
     paths, labels = _class_files(data_dir / "rps", classes)
-    train, val = stratified_split(labels, RPS_VAL_FRACTION, SEED)
+    try:  # other hands validate, as other hands test
+        train, val = grouped_split(labels, [name_group(p) for p in paths], RPS_VAL_FRACTION, SEED)
+    except ValueError as err:
+        warnings.warn(f"RPS holdout: {err} Validating on images of the training hands instead.", stacklevel=2)
+        train, val = stratified_split(labels, RPS_VAL_FRACTION, SEED)
     work = _fresh(work)
     sizes = {"train": _link(paths, labels, train, work / "rps", list(classes)),
              "val": _link(paths, labels, val, work / "rps-test-set", list(classes)),

@@ -97,7 +97,8 @@ EXPERIMENTS: list[Experiment] = [
     # carved from the training data, reported once on a test set (lit_cv/experiments/holdout.py)
     Experiment("rps_beat", "fit", "rps", ["configs/rps_beat.yaml"], group="beat", holdout=True,
                target=("test/acc", 0.98), select=("val/loss", "min"), course={"test/acc": 326 / 372},
-               note="test = the official 372 images (the course's validation set); published: 0.9785"),
+               note="test = the official 372 images (the course's validation set), validation = 1 of 7 hands per class "
+                    "of rps/; published: 0.9785"),
     Experiment("mnist_beat", "fit", "mnist", ["configs/mnist_beat.yaml"], group="beat", holdout=True,
                data_subdir="raw", target=("test/acc", 0.99), select=("val/loss", "min"),
                course={"test/acc": 0.99},
@@ -134,5 +135,5 @@ EXPERIMENTS: list[Experiment] = [
     ],
     Experiment("rps_lite0", "fit", "rps", ["configs/rps_lite0.yaml"], group="transfer", holdout=True,
                target=("test/acc", 0.98), select=("val/loss", "min"), course={"test/acc": 326 / 372},
-               note="pretrained backbone; test = the official 372 images, validation carved from rps/"),
+               note="pretrained backbone; test = the official 372 images, validation = 1 of 7 hands per class of rps/"),
 ]

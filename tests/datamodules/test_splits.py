@@ -1,4 +1,5 @@
-"""stratified_split: sizes, stratification, disjointness, seeded determinism, and bank's rows unchanged."""
+"""stratified_split: sizes, stratification, disjointness, seeded determinism, and bank's rows unchanged;
+grouped_split: whole groups per side, a share of each class's groups, seeded; name_group."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from datamodules.splits import check_val_split, stratified_split
+from datamodules.splits import check_val_split, grouped_split, name_group, stratified_split
 
 LABELS = np.array([0] * 50 + [1] * 30 + [2] * 7)
 
@@ -59,3 +60,55 @@ def test_too_few_samples_name_the_problem():
         stratified_split([0, 0, 0, 0, 1], 0.4, seed=0)
     with pytest.raises(ValueError, match=r"Cannot split 3 samples of 3 classes"):
         stratified_split([0, 1, 2], 0.5, seed=0)
+
+
+@pytest.mark.parametrize(("name", "group"), [
+    ("rock01-003.png", "rock01"), ("rock05ck01-119.png", "rock05ck01"), ("testscissors02-117.png", "testscissors02"),
+    ("IMG_0042.jpg", "IMG"), ("cat.123.jpg", "cat"), ("scan 7.png", "scan"), ("hand.png", "hand"), ("42.png", "42"),
+])
+def test_name_group_drops_the_trailing_frame_number(name, group):
+    assert name_group(name) == group
+
+
+def _hands(per_class: dict[int, int], poses: int = 5) -> tuple[np.ndarray, list[str]]:
+    labels, groups = [], []
+    for label, hands in per_class.items():
+        for hand in range(hands):
+            labels += [label] * poses
+            groups += [f"c{label}h{hand}"] * poses
+    return np.array(labels), groups
+
+
+def test_grouped_split_keeps_each_group_on_one_side_and_takes_a_share_of_every_class():
+    labels, groups = _hands({0: 7, 1: 7, 2: 10})
+    train, val = grouped_split(labels, groups, 0.1, seed=13)
+    assert set(train).isdisjoint(val) and sorted([*train, *val]) == list(range(len(labels)))
+    side = {g: set() for g in groups}
+    for index, name in ((i, "train") for i in train):
+        side[groups[index]].add(name)
+    for index in val:
+        side[groups[index]].add("val")
+    assert all(len(s) == 1 for s in side.values())
+    val_groups = {groups[i] for i in val}
+    assert sorted(g[:2] for g in val_groups) == ["c0", "c1", "c2"]  # round(0.1 * 7 or 10) = 1 group of each class
+    assert len(val) == 3 * 5
+    _, val_half = grouped_split(labels, groups, 0.5, seed=13)
+    assert len({groups[i] for i in val_half}) == 4 + 4 + 5
+
+
+def test_grouped_split_is_seeded_and_never_takes_every_group():
+    labels, groups = _hands({0: 7, 1: 7})
+    first = grouped_split(labels, groups, 0.3, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, grouped_split(labels, groups, 0.3, seed=1)))
+    assert any(not np.array_equal(first[1], grouped_split(labels, groups, 0.3, seed=s)[1]) for s in range(2, 6))
+    two = _hands({0: 2, 1: 2})
+    train, val = grouped_split(*two, 0.9, seed=0)
+    assert len(train) == len(val) == 10  # one of two groups each side, however large val_split is
+
+
+def test_grouped_split_refuses_a_class_with_one_group():
+    labels, groups = _hands({0: 3, 1: 1})
+    with pytest.raises(ValueError, match=r"Class 1 has 1 group\(s\) \(\['c1h0'\]\).*at least two per class"):
+        grouped_split(labels, groups, 0.2, seed=0)
+    with pytest.raises(ValueError, match="3 labels but 2 groups"):
+        grouped_split([0, 0, 1], ["a", "b"], 0.2, seed=0)

@@ -337,3 +337,23 @@ def test_a_normal_run_prints_no_warning_a_user_cannot_act_on(tmp_path):
     output = run(["fit", "--config", QUICKSTART, "--config", "fast.yaml"], cwd=tmp_path)
     assert [text for text in UNACTIONABLE if text in output] == []
     assert "Total FLOPs:" in output  # the summary ran, with an example input
+
+
+def test_lightnings_hook_name_is_a_plain_attribute_write_and_modules_still_register(monkeypatch):
+    """Lightning sets ``_current_fx_name`` twice per hook call: the Classifier writes it without nn.Module's checks,
+    while parameters and modules still go through them (and a fit still leaves Lightning's bookkeeping as it was)."""
+    model = Classifier(_linear(3), num_classes=3)
+    extra, scale = nn.Linear(1, 1), nn.Parameter(torch.ones(1))
+    calls = []
+    original = nn.Module.__setattr__
+    monkeypatch.setattr(nn.Module, "__setattr__",
+                        lambda self, name, value: (calls.append(name), original(self, name, value))[1])
+    model._current_fx_name = "training_step"
+    assert model._current_fx_name == "training_step" and calls == []
+    model.extra, model.scale = extra, scale
+    assert calls == ["extra", "scale"] and "extra" in model._modules and "scale" in model._parameters
+    monkeypatch.undo()
+    model = Classifier(_linear(3), num_classes=3)
+    Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False).fit(model, _Blobs())  # bar off: output unread
+    assert model._current_fx_name is None and model.global_step == 2

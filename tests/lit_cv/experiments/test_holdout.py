@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fake_data
 import numpy as np
+import pytest
 
 from datamodules import BankMarketingDataModule, CatsDogsDataModule, MNISTDataModule, RPSDataModule
+from datamodules.splits import name_group
 from lit_cv.experiments import holdout
 
 
@@ -13,9 +15,23 @@ def linked(root, split):
     return {p.resolve() for p in (root / split).rglob("*") if p.is_file()}
 
 
-def test_rps_validates_on_training_images_and_tests_on_the_official_set(tmp_path):
-    data = fake_data.make_rps(tmp_path / "rps", per_class=10, size=32, test_per_class=4, bad_files=False)
+def test_rps_validates_on_other_hands_and_tests_on_the_official_set(tmp_path):
+    """Files named as the real ones (``rock03-017.png``: hand 3, pose 17): 1 of each class's 7 hands validates."""
+    data = fake_data.make_rps(tmp_path / "rps", per_class=14, size=32, test_per_class=4, bad_files=False, per_hand=2)
     split = holdout.rps(data, tmp_path / "work")
+    train, val = linked(split.fit_dir, "rps"), linked(split.fit_dir, "rps-test-set")
+    assert split.sizes == {"train": 36, "val": 6, "test": 12} == {"train": len(train), "val": len(val), "test": 12}
+    assert not train & val and train | val == {p.resolve() for p in (data / "rps").rglob("*.png")}
+    hands = {side: {(p.parent.name, name_group(p)) for p in files} for side, files in (("train", train), ("val", val))}
+    assert not hands["train"] & hands["val"]  # no hand on both sides
+    assert sorted(cls for cls, _ in hands["val"]) == ["paper", "rock", "scissors"]  # one hand of each class
+    assert split.test_dir == data
+
+
+def test_rps_files_not_named_by_hand_are_split_by_image_with_a_warning(tmp_path):
+    data = fake_data.make_rps(tmp_path / "rps", per_class=10, size=32, test_per_class=4, bad_files=False)
+    with pytest.warns(UserWarning, match="at least two per class"):
+        split = holdout.rps(data, tmp_path / "work")
     train, val = linked(split.fit_dir, "rps"), linked(split.fit_dir, "rps-test-set")
     assert split.sizes == {"train": 27, "val": 3, "test": 12} == {"train": len(train), "val": len(val), "test": 12}
     assert not train & val and train | val == {p.resolve() for p in (data / "rps").rglob("*.png")}
