@@ -45,17 +45,18 @@ What the changes for issue 13 saved. Profiled first (cProfile with a CPU clock o
   1.44x CPU, lit-cv 2.00x wall (1.61-2.07) / 1.93x CPU (1.72-2.02). The goal, 1.15, is not met: a bare Trainer
   alone is past it.
 - Lightning's hook bookkeeping (py-spy over ``lit-cv fit``, a bare Trainer and the plain loop, 12 epochs each, one
-  thread): ``_current_fx_name`` written through ``nn.Module.__setattr__`` twice a hook call, and
-  ``ModelCheckpoint.state_key`` rebuilt at each hook; now a plain attribute write (``Classifier.__setattr__``) and a
-  cached key: 1.27 -> 0.19 us and 1.15 -> 0.24 us a call (timeit), ~0.04 ms of a ~2.6 ms CNN2 step (1.5%, inside
-  the rounds' spread). Afterwards, 5 rounds RPS (1 vs 4 epochs): plain 0.41 s wall, bare Lightning 1.23x wall
-  (1.05-1.49) / 1.24x CPU, lit-cv 1.41x wall (1.24-1.71) / 1.37x CPU; ``--threads 1``: plain 0.44 s, bare 1.34x,
-  lit-cv 1.45x (both spanning ~1.0-1.6). bank-full (3 rounds, 1 vs 3 epochs): plain 0.60 s, bare 1.28x wall /
-  1.38x CPU, lit-cv 1.80x / 1.78x. There the next cost is Lightning's dispatch of every hook to every callback
-  (~11% of an epoch in py-spy: the loop and a profiler context per callback, most hooks being the base no-op);
-  cutting it means replacing Lightning's private ``_call_callback_hooks``: not done.
+  thread): ``_current_fx_name`` is written through ``nn.Module.__setattr__`` twice a hook call, 44 times a training
+  step; ``Classifier.__setattr__`` makes it a plain attribute write: 1.27 -> 0.19 us a call (timeit), ~0.05 ms of a
+  ~2.6 ms CNN2 step (2%, inside the rounds' spread: not measurable end to end). ``ModelCheckpoint.state_key``,
+  rebuilt at each of its 6 hook calls a step, costs 0.005 ms a step: left alone. Afterwards, 5 rounds RPS (1 vs 4
+  epochs): plain 0.41 s wall, bare Lightning 1.23x wall (1.05-1.49) / 1.24x CPU, lit-cv 1.41x wall (1.24-1.71) /
+  1.37x CPU; ``--threads 1``: plain 0.44 s, bare 1.34x, lit-cv 1.45x (both spanning ~1.0-1.6). bank-full (3 rounds,
+  1 vs 3 epochs): plain 0.60 s, bare 1.28x wall / 1.38x CPU, lit-cv 1.80x / 1.78x. There the next cost is
+  Lightning's dispatch of every hook to every callback (~11% of an epoch in py-spy: the loop and a profiler context
+  per callback, most hooks being the base no-op); cutting it means replacing Lightning's private
+  ``_call_callback_hooks``: not done.
 Not cut here: two checkpoint writes an epoch (~20 ms each) and Lightning's per-callback hook dispatch (above).
-cProfile had put ``_current_fx_name``'s 51 writes a step at ~0.5 ms: its per-call overhead inflates small calls;
+cProfile had put ``_current_fx_name``'s writes at ~0.5 ms a step: its per-call overhead inflates small calls;
 timeit gives 0.06 ms. What lit-cv adds over the bare Trainer (0.2x-0.5x of the plain loop) is the per-step
 bookkeeping of predictions, the callbacks' own hooks and the epoch-end metrics, checkpoints and images.
 """

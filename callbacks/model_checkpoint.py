@@ -155,17 +155,6 @@ class ModelCheckpoint(LightningModelCheckpoint):
           save_last: true
     """
 
-    @property
-    def state_key(self) -> str:
-        """Lightning's key, built once per setting: Lightning rebuilds it (a ``repr`` of five settings) each time it
-        calls any hook of this callback, ~13 times a training step; see docs/lightning-workarounds.md."""
-        settings = (self.monitor, self.mode, self._every_n_train_steps, self._every_n_epochs, self._train_time_interval)
-        cached = self.__dict__.get("_state_key_cache")
-        if cached is None or cached[0] != settings:
-            cached = (settings, super().state_key)
-            self.__dict__["_state_key_cache"] = cached
-        return cached[1]
-
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Workaround, see docs/lightning-workarounds.md (Lightning's checkpoint loading and non-atomic local save).
         install_safe_checkpoint_io(trainer)

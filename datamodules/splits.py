@@ -1,5 +1,5 @@
-"""The seeded, stratified train/validation split every datamodule of the package uses (scikit-learn's), and a
-grouped one that keeps every subject (file-name group) on one side."""
+"""Train/validation splits: the seeded, stratified one every datamodule of the package uses (scikit-learn's), and a
+grouped one that keeps every subject (a file-name group) on one side, for data whose test set shows other subjects."""
 
 from __future__ import annotations
 
@@ -59,27 +59,38 @@ def grouped_split(
     labels: Sequence[int] | np.ndarray, groups: Sequence[str], val_split: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted indices ``(train, val)`` with whole groups (e.g. one rendered hand, one patient) on one side: of each
-    class, ``round(val_split * its groups)`` groups (at least one), chosen by ``seed``, go to validation. Validation
-    then asks what a test set of *other* subjects asks (does the model generalise to new ones?), where an
-    image-level split of the same subjects mostly asks whether it remembers them.
+    class, ``round(val_split * its groups)`` groups (at least one, never all), chosen by ``seed``, go to validation.
+    Validation then holds subjects the model never trained on, as a test set of other subjects does.
 
     Raises:
-        ValueError: ``val_split`` outside (0, 1), lengths that differ, or a class with fewer than two groups.
+        ValueError: ``val_split`` outside (0, 1), no samples, lengths that differ, a group under two classes, or a
+            class with fewer than two groups.
     """
     check_val_split(val_split)
     labels, groups = np.asarray(labels), np.asarray(groups, dtype=object)
-    if len(labels) != len(groups):
-        raise ValueError(f"grouped_split: {len(labels)} labels but {len(groups)} groups.")
+    if len(labels) != len(groups) or not len(labels):
+        raise ValueError(f"grouped_split: {len(labels)} labels and {len(groups)} groups; need as many, at least one.")
+    classes_of = {}
+    for label, group in zip(labels.tolist(), groups.tolist()):
+        classes_of.setdefault(group, set()).add(label)
+    shared = {group: sorted(found) for group, found in classes_of.items() if len(found) > 1}
+    if shared:
+        group, found = next(iter(shared.items()))
+        raise ValueError(
+            f"Group {group!r} has samples of classes {found} ({len(shared)} such group(s)): a group must sit on one "
+            "side whole, so give each class its own group names (rock01, paper01) or split by image instead."
+        )
     rng = np.random.default_rng(seed)
-    val_groups: set[tuple[int, str]] = set()
+    in_val = np.zeros(len(labels), dtype=bool)
     for label in np.unique(labels):
-        names = sorted(set(groups[labels == label]))
+        of_class = labels == label
+        names = sorted(set(groups[of_class]))
         if len(names) < 2:
             raise ValueError(
                 f"Class {label} has {len(names)} group(s) ({names}): a grouped validation split needs at least two "
                 "per class. Name files by subject and frame (rock01-000.png) or split by image instead."
             )
         count = min(max(1, round(val_split * len(names))), len(names) - 1)
-        val_groups |= {(int(label), str(name)) for name in rng.choice(names, size=count, replace=False)}
-    in_val = np.array([(int(label), str(group)) in val_groups for label, group in zip(labels, groups)], dtype=bool)
+        chosen = rng.choice(np.array(names, dtype=object), size=count, replace=False)
+        in_val |= of_class & np.isin(groups, chosen)
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)

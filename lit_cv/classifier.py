@@ -330,16 +330,16 @@ class Classifier(LightningModule):
         # Last computed confusion matrix per stage (rows = true class): read by reports and the per-class table.
         self.confusion: dict[str, torch.Tensor] = {}
 
-    # ------------------------------------------------------------------ forward / loss
     def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets `_current_fx_name` (a str) twice per hook call, ~13 hooks a training step, through
+        # Lightning sets `_current_fx_name` (a str) twice per hook call, 44 times a training step, through
         # nn.Module.__setattr__'s parameter/module/buffer checks; a plain attribute write is the same result at a
-        # fraction of the cost. See docs/lightning-workarounds.md.
+        # sixth of the cost. See docs/lightning-workarounds.md.
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
 
+    # ------------------------------------------------------------------ forward / loss
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

@@ -8,7 +8,8 @@ its official test set), so a row with ``holdout`` gets derived data folders, in 
 - **rps**: whole hands of ``rps/`` become the validation set (the fit's ``rps-test-set/``):
   ``RPS_VAL_FRACTION`` of each class's rendered hands (``rock03-*.png`` is one hand in 120 poses; 1 of 7 per
   class, seeded), as the official test set shows other hands than training; the test pass reads the original
-  folder, whose test split is the official 372 images. Files not named by hand are split by image (stratified).
+  folder, whose test split is the official 372 images. When a class has fewer than two hands (files not
+  named by hand and pose), the split is by image (stratified) instead, with a warning.
 - **mnist** (the 10,000 official test images, the training images being absent): ``TEST_FRACTION`` held out as
   ``t10k-*`` (the same 2,000 images the course row validates on), the rest as ``train-*`` (``train_from: train``),
   from which the datamodule carves its validation split.

@@ -202,20 +202,3 @@ def test_fit_from_a_planted_checkpoint_never_runs_it(
     assert not marker.exists()
     asked = [w for w in warned if "although weights_only=False was asked" in str(w.message)]
     assert len(asked) == (how == "weights_only=False")
-
-
-def test_state_key_is_lightnings_built_once_per_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The key Lightning files the callback's state under is unchanged (old checkpoints resume); it is rebuilt only
-    when a setting it names changes, not at each of the ~13 hook calls a training step."""
-    ours, lightnings = ModelCheckpoint(monitor="val/loss", mode="min"), LightningModelCheckpoint(monitor="val/loss")
-    assert ours.state_key == lightnings.state_key.replace("LightningModelCheckpoint", "ModelCheckpoint") \
-        == "ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min', 'every_n_train_steps': 0, 'every_n_epochs': 1, " \
-           "'train_time_interval': None}"
-    built = []
-    original = LightningModelCheckpoint._generate_state_key
-    monkeypatch.setattr(LightningModelCheckpoint, "_generate_state_key",
-                        lambda self, **kwargs: (built.append(kwargs), original(self, **kwargs))[1])
-    ours = ModelCheckpoint(monitor="val/acc", mode="max")
-    assert [ours.state_key for _ in range(5)] == [ours.state_key] * 5 and len(built) == 1
-    ours.monitor = "val/loss"
-    assert "'monitor': 'val/loss'" in ours.state_key and len(built) == 2

@@ -63,7 +63,7 @@ def test_too_few_samples_name_the_problem():
 
 
 @pytest.mark.parametrize(("name", "group"), [
-    ("rock01-003.png", "rock01"), ("rock05ck01-119.png", "rock05ck01"), ("testscissors02-117.png", "testscissors02"),
+    ("rock01-003.png", "rock01"), ("rock05ck01-119.png", "rock05ck01"), ("rock07-k03-119.png", "rock07-k03"), ("testscissors02-117.png", "testscissors02"),
     ("IMG_0042.jpg", "IMG"), ("cat.123.jpg", "cat"), ("scan 7.png", "scan"), ("hand.png", "hand"), ("42.png", "42"),
 ])
 def test_name_group_drops_the_trailing_frame_number(name, group):
@@ -110,5 +110,22 @@ def test_grouped_split_refuses_a_class_with_one_group():
     labels, groups = _hands({0: 3, 1: 1})
     with pytest.raises(ValueError, match=r"Class 1 has 1 group\(s\) \(\['c1h0'\]\).*at least two per class"):
         grouped_split(labels, groups, 0.2, seed=0)
-    with pytest.raises(ValueError, match="3 labels but 2 groups"):
+    with pytest.raises(ValueError, match="3 labels and 2 groups"):
         grouped_split([0, 0, 1], ["a", "b"], 0.2, seed=0)
+    with pytest.raises(ValueError, match="0 labels and 0 groups"):
+        grouped_split([], [], 0.2, seed=0)
+
+
+def test_grouped_split_refuses_a_group_under_two_classes():
+    """A subject with samples of two classes (patient p1 in both) could not sit on one side whole."""
+    labels = np.array([0] * 6 + [1] * 6)
+    groups = ["p1", "p1", "p2", "p2", "p3", "p3"] * 2
+    with pytest.raises(ValueError, match=r"Group 'p1' has samples of classes \[0, 1\] \(3 such group"):
+        grouped_split(labels, groups, 0.3, seed=0)
+
+
+def test_grouped_split_takes_string_labels_and_numeric_group_names():
+    labels = np.array(["cat"] * 6 + ["dog"] * 6)
+    groups = np.array([1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6])
+    train, val = grouped_split(labels, groups, 0.3, seed=0)
+    assert len(val) == 4 and not set(groups[train]) & set(groups[val])

@@ -28,7 +28,8 @@ def test_rps_validates_on_other_hands_and_tests_on_the_official_set(tmp_path):
     assert split.test_dir == data
 
 
-def test_rps_files_not_named_by_hand_are_split_by_image_with_a_warning(tmp_path):
+def test_rps_with_one_hand_per_class_is_split_by_image_with_a_warning(tmp_path):
+    """Ten poses of one hand per class (``rock00-000`` .. ``-009``): no other hand can validate."""
     data = fake_data.make_rps(tmp_path / "rps", per_class=10, size=32, test_per_class=4, bad_files=False)
     with pytest.warns(UserWarning, match="at least two per class"):
         split = holdout.rps(data, tmp_path / "work")
