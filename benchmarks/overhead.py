@@ -57,7 +57,7 @@ What the changes for issue 13 saved. Profiled first (cProfile with a CPU clock o
   ``_call_callback_hooks``: not done.
 Not cut here: two checkpoint writes an epoch (~20 ms each) and Lightning's per-callback hook dispatch (above).
 cProfile had put ``_current_fx_name``'s writes at ~0.5 ms a step: its per-call overhead inflates small calls;
-timeit gives 0.06 ms. What lit-cv adds over the bare Trainer (0.2x-0.5x of the plain loop) is the per-step
+timeit gives 0.05 ms. What lit-cv adds over the bare Trainer (0.2x-0.5x of the plain loop) is the per-step
 bookkeeping of predictions, the callbacks' own hooks and the epoch-end metrics, checkpoints and images.
 """
 

@@ -50,7 +50,7 @@ _FRAME_NUMBER = re.compile(r"[-_. ]?\d+$")
 
 def name_group(path: str | Path) -> str:
     """The group of an image file named by subject and frame: its stem without a trailing frame number
-    (``rock01-003.png`` -> ``rock01``, ``testscissors02-117.png`` -> ``testscissors02``, ``IMG_0042.jpg`` -> ``IMG``)."""
+    (``rock01-003.png`` -> ``rock01``, ``rock07-k03-119.png`` -> ``rock07-k03``, ``IMG_0042.jpg`` -> ``IMG``)."""
     stem = Path(path).stem
     return _FRAME_NUMBER.sub("", stem) or stem
 
