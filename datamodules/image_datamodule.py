@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from datamodules.image_cache import CachedImages, resolve_cache_dir, train_statistics
 from datamodules.loaders import DataLoadersMixin, check_loader_args
 from datamodules.normalization import Normalization, fixed_normalization, timm_data_config, validate_normalize
+from datamodules.transforms import BorderFillAffine
 
 # In-memory splits up to this size (as float32) are normalised once, not per batch, and then served (and put on a
 # CUDA device) as whole tensors: RPS, digits, MNIST (188 MB). Larger ones are normalised per image: the float copy of
@@ -30,11 +31,12 @@ Augment = Literal["light", "strong"]
 AUGMENT_LEVELS = ("light", "strong")
 
 
-def random_affine(strong: bool) -> v2.RandomAffine:
-    """The geometric part of the train augmentation: rotation, shift and zoom, light or strong."""
+def random_affine(strong: bool) -> BorderFillAffine:
+    """The geometric part of the train augmentation: rotation, shift and zoom, light or strong; the corners it
+    uncovers take the image's border colour, not black."""
     if strong:
-        return v2.RandomAffine(degrees=40, translate=(0.2, 0.2), scale=(0.8, 1.2))
-    return v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
+        return BorderFillAffine(degrees=40, translate=(0.2, 0.2), scale=(0.8, 1.2))
+    return BorderFillAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
 
 
 class ImageSplitDataset(Dataset):
@@ -104,7 +106,8 @@ class ImageDataModule(DataLoadersMixin, LightningDataModule):
             ``normalize: timm:<model>``.
         augment: random augmentation (``_augmentation``) on the train split: ``true`` / ``light`` (flips, rotation
             up to 10 degrees, 10% shifts and zoom, colour jitter) or ``strong`` (rotation up to 40 degrees, 20% shifts
-            and zoom: for test images unlike the training ones, e.g. RPS's other hands).
+            and zoom: for test images unlike the training ones, e.g. RPS's other hands); uncovered corners take
+            the image's border colour.
         normalize: ``train`` (course method, train split only), ``imagenet``, ``none`` or ``timm:<model_name>``.
         cache_dir: where statistics and decoded tensors are cached; default ``<data_dir>/.lit-cv-cache``, or
             ``~/.cache/lit-cv/...`` when the data folder is read-only.

@@ -11,6 +11,7 @@ import torch
 from datamodules.image_cache import CachedImages
 from datamodules.image_datamodule import ImageDataModule, ImageSplitDataset
 from datamodules.normalization import Normalization, course_stats
+from datamodules.transforms import BorderFillAffine
 
 IMAGES = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 LABELS = torch.arange(12) % 2
@@ -112,7 +113,7 @@ def test_augmentation_only_on_the_train_split(tmp_path):
 def test_augmentation_strength(tmp_path, augment, degrees, shift):
     dm = arrays(tmp_path, augment=augment)
     dm.setup("fit")
-    (affine,) = [t for t in dm.datasets["train"].transform.transforms if type(t).__name__ == "RandomAffine"]
+    (affine,) = [t for t in dm.datasets["train"].transform.transforms if isinstance(t, BorderFillAffine)]
     assert affine.degrees == [-degrees, degrees] and affine.translate == (shift, shift)
     x, _ = dm.datasets["train"][0]
     assert x.shape == (3, 8, 8) and x.dtype == torch.float32
