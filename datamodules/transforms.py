@@ -22,5 +22,5 @@ class BorderFillAffine(v2.RandomAffine):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not isinstance(inpt, torch.Tensor) or inpt.ndim < 3:
             return super().transform(inpt, params)
-        return self._call_kernel(v2.functional.affine, inpt, **params, interpolation=self.interpolation,
-                                 fill=border_colour(inpt), center=self.center)
+        return v2.functional.affine(inpt, **params, interpolation=self.interpolation, fill=border_colour(inpt),
+                                    center=self.center)
