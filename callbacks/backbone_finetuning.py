@@ -20,6 +20,16 @@ def set_frozen_bn_eval(module: nn.Module) -> None:
             m.eval()
 
 
+def batchnorm_param_names(module: nn.Module) -> set[str]:
+    """Names of the parameters of ``module``'s BatchNorm layers (timm's BatchNormAct2d included)."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, m in module.named_modules()
+        if isinstance(m, _BatchNorm)
+        for name, _ in m.named_parameters(recurse=False)
+    }
+
+
 class _BackboneView:
     """Stands in for the LightningModule in the parent's hooks, which read ``pl_module.backbone``."""
 

@@ -128,7 +128,8 @@ EXPERIMENTS: list[Experiment] = [
             ("head", 0.95, 0.90, ("frozen backbone, new head, features cached; course: Chollet's VGG16 features "
                                  "without augmentation")),
             ("last_blocks", 0.97, 0.97, "blocks.6 + conv_head fine-tuned; course: Chollet's fine-tuned VGG16"),
-            ("finetune", 0.97, 0.97, "everything fine-tuned; course: Chollet's fine-tuned VGG16"),
+            ("finetune", 0.97, 0.97, ("everything fine-tuned but BatchNorm (kept as pretrained), cosine lr; course: "
+                                      "Chollet's fine-tuned VGG16")),
             ("gradual", 0.97, 0.97, ("head 1 epoch, then everything (BackboneFinetuning); course: Chollet's "
                                     "fine-tuned VGG16")),
         )

@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from callbacks.backbone_finetuning import set_frozen_bn_eval
+from callbacks.backbone_finetuning import batchnorm_param_names, set_frozen_bn_eval
 from lit_cv.nets.weights import (
     TORCHVISION_PREFIX,
     WEIGHT_SOURCES,
@@ -194,6 +194,9 @@ class TransferNet(nn.Module):
             ``layer4``; VGG each conv block and ``fc``; other timm models their ``feature_info`` modules.
         backbone_lr_ratio: learning rate of the backbone's trainable parameters relative to the head's, applied
             through :meth:`param_groups` (the ``Classifier`` builds its optimizer from them).
+        train_bn: ``false`` keeps the backbone's BatchNorm layers as pretrained while the rest fine-tunes: their
+            affine parameters frozen and their ImageNet running statistics in use (eval mode), as
+            ``BackboneFinetuning(train_bn=False)`` does when it unfreezes.
         head_hidden: if set, the head is Linear(F, head_hidden) -> ReLU -> Dropout -> Linear(head_hidden,
             num_classes) (the course's VGG16 head uses 512); otherwise one Linear.
         head_dropout: dropout of the hidden head.
@@ -223,6 +226,7 @@ class TransferNet(nn.Module):
         finetune: Finetune = "head",
         unfreeze_last: int = 1,
         backbone_lr_ratio: float = 1.0,
+        train_bn: bool = True,
         head_hidden: int | None = None,
         head_dropout: float = 0.5,
     ) -> None:
@@ -264,6 +268,8 @@ class TransferNet(nn.Module):
             frozen = frozen_param_names(self.backbone, self.stages, unfreeze_last)
         else:
             frozen = set()
+        if not train_bn:
+            frozen |= batchnorm_param_names(self.backbone)
         for name, param in self.backbone.named_parameters():
             param.requires_grad_(name not in frozen)
         self.train()

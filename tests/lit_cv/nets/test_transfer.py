@@ -71,6 +71,29 @@ def test_frozen_batchnorm_stays_in_eval_after_train(finetune, frozen_stages):
     assert all(m.num_batches_tracked.item() == 1 for m in trained)
 
 
+@pytest.mark.parametrize(("finetune", "trained_stages"), [("all", {"conv1", "layer3", "layer4"}), ("last_n", {"layer4"})])
+def test_train_bn_false_keeps_batchnorm_pretrained_while_the_rest_fine_tunes(finetune, trained_stages):
+    net = TransferNet(TINY, num_classes=2, pretrained=False, finetune=finetune, unfreeze_last=1, train_bn=False)
+    bns = {name: m for name, m in net.backbone.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert bns
+    bn_state = {f"{name}.{k}": v.clone() for name, m in bns.items() for k, v in m.state_dict().items()}
+    convs = {name: m.weight.detach().clone() for name, m in net.backbone.named_modules() if isinstance(m, nn.Conv2d)}
+    net.train()
+    assert all(not m.training for m in bns.values())
+    assert not any(p.requires_grad for m in bns.values() for p in m.parameters())
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    net(torch.randn(4, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    for name, m in bns.items():  # weights, biases, running statistics and batch counts as pretrained
+        for k, v in m.state_dict().items():
+            assert torch.equal(bn_state[f"{name}.{k}"], v), f"{name}.{k}"
+    changed = {name.split(".")[0] for name, m in net.backbone.named_modules()
+               if isinstance(m, nn.Conv2d) and not torch.equal(convs[name], m.weight)}
+    assert trained_stages <= changed
+    if finetune == "last_n":
+        assert changed == {"layer4"}
+
+
 @pytest.mark.parametrize(("num_classes", "head_hidden"), [(1, None), (5, None), (1, 16)])
 def test_head_output_size(num_classes, head_hidden):
     net = TransferNet(
@@ -242,6 +265,17 @@ def test_trainable_parameter_counts_per_mode(finetune, unfreeze_last, trained_st
     for stage, count in LITE0_STAGES.items():
         expected = [f"{count:,}", "0"] if stage in trained_stages else ["0", f"{count:,}"]
         assert rows[f"backbone.{stage}"] == expected, stage
+
+
+def test_train_bn_false_freezes_exactly_the_batchnorm_parameters_of_lite0():
+    """configs/cats_dogs_lite0_finetune.yaml: everything trains but BatchNorm's 42,016 parameters (49 layers)."""
+    net = TransferNet("tf_efficientnet_lite0", pretrained=False, finetune="all", train_bn=False)
+    bn_params = {id(p) for m in net.backbone.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    frozen = [p for p in net.parameters() if not p.requires_grad]
+    assert {id(p) for p in frozen} == bn_params
+    assert sum(p.numel() for p in frozen) == 42016
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == LITE0_TOTAL - 42016
+    assert not net.frozen_features
 
 
 def test_frozen_backbone_runs_in_eval_mode_and_its_features_are_fixed():
