@@ -3,8 +3,9 @@ the name TransferNet is then given, for timm (Hugging Face) and torchvision name
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
-from urllib.error import HTTPError
+from urllib.error import HTTPError, URLError
 
 import pytest
 import timm
@@ -88,6 +89,7 @@ def test_names_without_hub_weights_are_refused(tmp_path, fake_hub, capsys, model
     ("error", "says"),
     [
         (OSError("[Errno -3] Temporary failure in name resolution"), "[Errno -3] Temporary failure"),
+        (URLError(socket.gaierror(-2, "Name or service not known")), "No network reached: run this command where"),
         (RuntimeError('invalid hash value (expected "f37072fd", got "0badc0de")'), "the download is damaged"),
     ],
 )
@@ -100,3 +102,20 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch, capsys, error, say
     out = capsys.readouterr().out
     assert out.startswith("lit-cv download weights torchvision/resnet18: ") and says in out
     assert not Path(tmp_path / "resnet18-f37072fd.pth").exists()
+    offline = not isinstance(error, RuntimeError)  # no network: say where to run it and name the offline weights
+    assert (f"then copy {tmp_path} here" in out) == offline
+    assert ("`pretrained: efficientnet_lite0.imagenet` needs no download" in out) == offline
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_a_dataset_download_without_network_says_where_to_run_it(tmp_path, monkeypatch, capsys):
+    def unreachable(url: str, timeout: float | None = None) -> None:
+        raise URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr("urllib.request.urlopen", unreachable)
+    assert main(["download", "rps", "--data-dir", str(tmp_path / "rps")]) == 1
+    out = capsys.readouterr().out.strip()
+    assert "\nlit-cv download rps: Could not download rps.zip:\n" in out
+    assert out.endswith(f"<urlopen error [Errno -2] Name or service not known>. No network reached: run this command "
+                        f"where there is internet (e.g. a cluster's login node), then copy {tmp_path / 'rps'} here")
+    assert not any((tmp_path / "rps").rglob("*.zip*"))  # nothing partial left behind
