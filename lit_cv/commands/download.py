@@ -13,6 +13,10 @@ from urllib.error import URLError
 
 from datamodules.download import DATASETS, ChecksumError, UnsafeArchiveError, download_dataset
 
+# in the messages of downloads that reached no network (any OS)
+NO_NETWORK_MARKERS = ("name resolution", "name or service not known", "nodename nor servname", "network is unreachable",
+                      "connection refused", "timed out")
+
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["weights"]:
@@ -61,10 +65,6 @@ def _weights(argv: list[str]) -> int:
         f"pretrained: {path}}}."
     )
     return 0
-
-
-NO_NETWORK_MARKERS = ("name resolution", "name or service not known", "nodename nor servname", "network is unreachable",
-                      "connection refused", "timed out")
 
 
 def _offline_hint(err: BaseException, folder: str) -> str:
