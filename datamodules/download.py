@@ -12,10 +12,12 @@ size/structure and the computed SHA-256 is printed (see the comments in :data:`D
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
 import urllib.request
@@ -23,6 +25,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.error import HTTPError, URLError
 
 CHUNK = 1 << 20
 DOWNLOADS = ".downloads"  # archives are kept here until extracted
@@ -33,6 +36,22 @@ LEFTOVER_FOLDERS = ("", DOWNLOADS, "MNIST/raw")  # where a killed run can leave 
 
 class ChecksumError(ValueError):
     """A downloaded file does not have the expected checksum or size."""
+
+
+class NoNetworkError(OSError):
+    """Every mirror of a download failed before reaching a server (name resolution, refused or timed-out
+    connections, unreachable network)."""
+
+
+NO_NETWORK_HINT = (". No network reached: run this command where there is internet (e.g. a cluster's login node), "
+                   "then copy {folder} here")
+
+
+def reached_no_network(err: BaseException) -> bool:
+    """Whether ``err`` (from ``urlopen`` or ``torch.hub``) means no server was reached, unlike an HTTP error."""
+    reason = err.reason if isinstance(err, URLError) and not isinstance(err, HTTPError) else err
+    return isinstance(reason, (socket.gaierror, ConnectionError, TimeoutError)) or getattr(reason, "errno", None) in (
+        errno.ENETUNREACH, errno.EHOSTUNREACH)
 
 
 class UnsafeArchiveError(ValueError):
@@ -93,7 +112,7 @@ def fetch(resource: Resource, folder: Path, opener: Callable[[str], object] | No
         except ChecksumError as err:
             kept = f"\nThe existing {target} was left as it is (it does not verify: {err})"
     opener = opener or (lambda url: urllib.request.urlopen(url, timeout=60))
-    errors = []
+    errors, offline = [], True
     for url in resource.urls:
         part = folder / f".{resource.filename}.{os.getpid()}{PART}"
         try:
@@ -110,12 +129,14 @@ def fetch(resource: Resource, folder: Path, opener: Callable[[str], object] | No
         except OSError as err:  # network error: try the next mirror
             part.unlink(missing_ok=True)
             errors.append(f"{url}: {err}")
+            offline = offline and reached_no_network(err)
             continue
         if resource.sha256 is None and resource.md5 is None:
             print(f"{resource.filename}: no published checksum; computed sha256 {file_digest(part)}")
         os.replace(part, target)
         return target
-    raise OSError(f"Could not download {resource.filename}:\n  " + "\n  ".join(errors) + kept)
+    error = NoNetworkError if offline else OSError
+    raise error(f"Could not download {resource.filename}:\n  " + "\n  ".join(errors) + kept)
 
 
 def _check_member(name: str, archive: Path) -> None:
@@ -352,6 +373,8 @@ def download_dataset(name: str, data_dir: str | Path, force: bool = False) -> Pa
     remove_leftovers(data_dir)
     try:
         DATASETS[name](data_dir, force)
+    except NoNetworkError as err:
+        raise NoNetworkError(f"{err}{NO_NETWORK_HINT.format(folder=data_dir)}") from None
     finally:
         downloads = data_dir / DOWNLOADS
         if downloads.is_dir() and not any(downloads.iterdir()):

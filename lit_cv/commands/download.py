@@ -8,14 +8,15 @@ Afterwards ``fit`` works offline with ``data.init_args.data_dir: DIR`` (``data_d
 from __future__ import annotations
 
 import argparse
-import socket
-from urllib.error import URLError
 
-from datamodules.download import DATASETS, ChecksumError, UnsafeArchiveError, download_dataset
-
-# in the messages of downloads that reached no network (any OS)
-NO_NETWORK_MARKERS = ("name resolution", "name or service not known", "nodename nor servname", "network is unreachable",
-                      "connection refused", "timed out")
+from datamodules.download import (
+    DATASETS,
+    NO_NETWORK_HINT,
+    ChecksumError,
+    UnsafeArchiveError,
+    download_dataset,
+    reached_no_network,
+)
 
 
 def main(argv: list[str]) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
     try:
         data_dir = download_dataset(args.name, args.data_dir, force=args.force)
     except (OSError, ChecksumError, UnsafeArchiveError) as err:
-        print(f"lit-cv download {args.name}: {err}{_offline_hint(err, args.data_dir)}")
+        print(f"lit-cv download {args.name}: {err}")
         return 1
     print(f"{args.name} is ready in {data_dir}; set data_dir: {data_dir} in the data config.")
     return 0
@@ -55,9 +56,10 @@ def _weights(argv: list[str]) -> int:
     try:
         path = download_weights(args.model, args.dir)
     except (OSError, ValueError) as err:
-        hint = _offline_hint(err, args.dir)
-        if hint:
-            hint += "; offline, `pretrained: efficientnet_lite0.imagenet` needs no download (the pretrained extra)"
+        hint = ""
+        if reached_no_network(err):
+            hint = (NO_NETWORK_HINT.format(folder=args.dir) + "; offline, `pretrained: efficientnet_lite0.imagenet` "
+                    "needs no download (the pretrained extra)")
         print(f"lit-cv download weights {args.model}: {err}{hint}")
         return 1
     print(
@@ -66,13 +68,3 @@ def _weights(argv: list[str]) -> int:
     )
     return 0
 
-
-def _offline_hint(err: BaseException, folder: str) -> str:
-    """What to do when the download found no network (name resolution, refused or timed-out connections), also
-    inside the mirrors' collected messages of ``datamodules.download``."""
-    reason = err.reason if isinstance(err, URLError) else err
-    offline = isinstance(reason, (socket.gaierror, ConnectionError, TimeoutError))
-    if offline or any(marker in str(err).lower() for marker in NO_NETWORK_MARKERS):
-        return (f". No network reached: run this command where there is internet (e.g. a cluster's login node), "
-                f"then copy {folder} here")
-    return ""

@@ -88,7 +88,7 @@ def test_names_without_hub_weights_are_refused(tmp_path, fake_hub, capsys, model
 @pytest.mark.parametrize(
     ("error", "says"),
     [
-        (OSError("[Errno -3] Temporary failure in name resolution"), "[Errno -3] Temporary failure"),
+        (socket.gaierror(-3, "Temporary failure in name resolution"), "[Errno -3] Temporary failure"),
         (URLError(socket.gaierror(-2, "Name or service not known")), "No network reached: run this command where"),
         (RuntimeError('invalid hash value (expected "f37072fd", got "0badc0de")'), "the download is damaged"),
     ],
