@@ -39,6 +39,7 @@ from callbacks.prediction_writer import PredictionWriter
 from callbacks.progress_bar import RichProgressBar
 from callbacks.rng_state import RNGState
 from callbacks.slurm_requeue import SLURMRequeue, launched_by_srun, num_nodes_from_env
+from datamodules.download import NoNetworkError
 from lit_cv.classifier import Classifier
 from lit_cv.resume import (
     LINKED_NET_ARGS,
@@ -263,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- user errors
-# Our packages: a `raise` of ValueError / TypeError / FileNotFoundError in them reports bad input.
+# Our packages: a `raise` of ValueError / TypeError / FileNotFoundError / NoNetworkError in them reports bad input.
 PACKAGES = tuple(str(Path(__file__).resolve().parents[1] / name) + os.sep for name in ("lit_cv", "datamodules", "callbacks"))
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NoNetworkError)  # the last: `download: true` offline
 # torch's messages for a collective that another rank never joined (gloo; NCCL with TORCH_NCCL_BLOCKING_WAIT=1)
 # and for a rank that exited while this one waited for it.
 COLLECTIVE_TIMED_OUT = ("timed out", "watchdog caught collective operation timeout")  # lower case

@@ -310,3 +310,23 @@ def test_collective_timeout_applies_to_strategies_given_by_name():
     assert with_collective_timeout(explicit, 30) is explicit  # its own timeout wins
     assert with_collective_timeout("auto", 30) == "auto"
     assert with_collective_timeout("single_device", 30) == "single_device"  # no timeout to set
+
+
+def test_a_datamodule_download_without_network_is_one_line(tmp_path, monkeypatch, capsys):
+    import socket
+    from urllib.error import URLError
+
+    from lit_cv.cli import main
+
+    def unreachable(url: str, timeout: float | None = None) -> None:
+        raise URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr("urllib.request.urlopen", unreachable)
+    data_dir = tmp_path / "rps"
+    code = main(["fit", "--config", str(REPO_ROOT / "configs/rps_cnn2_dropout.yaml"),
+                 "--data.init_args.data_dir", str(data_dir), "--data.init_args.download", "true"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "lit-cv fit: error: Could not download rps.zip:" in err
+    assert (f"No network reached: run this command where there is internet (e.g. a cluster's login node), then copy "
+            f"{data_dir} here") in err
