@@ -101,6 +101,20 @@ def build_confusion_matrix(task: Task, num_classes: int) -> BinaryConfusionMatri
     return MulticlassConfusionMatrix(num_classes, sync_on_compute=False)
 
 
+def flip_averaged_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``net``'s logits for the images ``x`` (N, C, H, W) and for their horizontal mirrors.
+
+    Raises:
+        ValueError: when ``x`` is not a batch of images.
+    """
+    if x.ndim != 4:
+        raise ValueError(
+            f"test_time_flip mirrors images (N, C, H, W), but the batch has shape {tuple(x.shape)}. "
+            "Set model.test_time_flip: false for non-image data."
+        )
+    return (net(x) + net(torch.flip(x, dims=(-1,)))) / 2
+
+
 def defined_auroc(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """ROC-AUC where it is defined: binary (``probs`` of shape (N,)) needs both labels present; multiclass
     (``probs`` (N, C)) averages the one-vs-rest AUROCs of the classes that have positive and negative samples
@@ -237,10 +251,13 @@ class Classifier(LightningModule):
         scheduler_monitor: metric that ReduceLROnPlateau watches.
         l1_lambda: weight of the L1 penalty ``l1_lambda * sum|w|`` over conv/linear weights (not biases), added
             to the training loss. L2 is the optimizer's ``weight_decay``.
+        test_time_flip: validation, test and prediction score each image by the mean of the logits of the image
+            and of its horizontal mirror (test-time augmentation; training is unchanged). Images only.
 
     Raises:
         ValueError: for an unknown task or interval, a binary task with ``num_classes != 2``, a negative
-            ``l1_lambda``, or class names that do not match ``num_classes``.
+            ``l1_lambda``, or class names that do not match ``num_classes``; with ``test_time_flip``, at the
+            first evaluation batch that is not images (N, C, H, W).
 
     Example (YAML for ``lit-cv fit --config``)::
 
@@ -269,6 +286,7 @@ class Classifier(LightningModule):
         scheduler_frequency: int = 1,
         scheduler_monitor: str = "val/loss",
         l1_lambda: float = 0.0,
+        test_time_flip: bool = False,
     ) -> None:
         super().__init__()
         if task not in SUPPORTED_TASKS:
@@ -296,7 +314,10 @@ class Classifier(LightningModule):
         # Built by the CLI, hparams are the parsed config (net and optimizer as class_path dicts), enough for
         # load_from_checkpoint on its own. Built in Python, the net is saved in the state_dict and the callables
         # would only make the checkpoint unloadable with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=[] if _built_by_cli() else ["net", "optimizer", "lr_scheduler"])
+        # test_time_flip is left out: an evaluation setting, not the trained model's, so `lit-cv test --ckpt_path`
+        # takes it from the command line (Lightning's CLI applies a checkpoint's hparams over the config).
+        self.save_hyperparameters(ignore=["test_time_flip"] + ([] if _built_by_cli() else ["net", "optimizer",
+                                                                                          "lr_scheduler"]))
         drop_unaccepted_net_args(self.hparams, net)
         self.net = net
         self.task: Task = task
@@ -308,6 +329,7 @@ class Classifier(LightningModule):
         self.scheduler_frequency = scheduler_frequency
         self.scheduler_monitor = scheduler_monitor
         self.l1_lambda = l1_lambda
+        self.test_time_flip = test_time_flip
 
         metrics = build_metrics(task, num_classes)
         self.train_metrics = metrics.clone(prefix="train/")
@@ -341,6 +363,9 @@ class Classifier(LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The net's logits; in eval mode with ``test_time_flip``, averaged with those of the mirrored images."""
+        if self.test_time_flip and not self.training:
+            return flip_averaged_logits(self.net, x)
         return self.net(x)
 
     def _logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:

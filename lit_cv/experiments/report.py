@@ -81,8 +81,18 @@ def epoch_seconds(row: dict[str, Any]) -> str:
     return ", ".join(format_duration(e) for e in each) + " per epoch"
 
 
+def flip_note(row: dict[str, Any]) -> str:
+    """What the validation said of test-time flips, for a row that tried them (else "")."""
+    if "flip_validation" not in row:
+        return ""
+    without, flipped = row["flip_validation"]["without"], row["flip_validation"]["flipped"]
+    verdict = "used" if row["test_time_flip"] else "not used"
+    return (f"test-time flip {verdict} (validation without / with: val/loss {_fmt(without['val/loss'])} / "
+            f"{_fmt(flipped['val/loss'])}, val/acc {_fmt(without['val/acc'])} / {_fmt(flipped['val/acc'])})")
+
+
 def _row_lines(name: str, row: dict[str, Any]) -> list[str]:
-    note = row.get("note", "")
+    note = "; ".join(part for part in (row.get("note", ""), flip_note(row)) if part)
     if row["status"] != "ok":
         cells = [name, row.get("group", ""), "–", "–", row["status"], "–", "–", "–", row.get("error", note)]
         return ["| " + " | ".join(cells) + " |"]

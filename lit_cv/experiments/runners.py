@@ -108,13 +108,38 @@ def plain_loop(exp: Experiment, data_dir: Path, out: Path, quick: bool) -> dict[
     return {"plain_loop_seconds": timing["plain_loop_seconds"], "plain_loop_val/acc": timing["plain_loop_val/acc"]}
 
 
-def test_once(exp: Experiment, holdout: Holdout, out: Path, checkpoint: str | None, quick: bool) -> dict[str, Any]:
+def flip_wins(without: dict[str, float], flipped: dict[str, float]) -> bool:
+    """The rule for test-time flips, fixed before any run: lower val/loss and val/acc not lower."""
+    return flipped["val/loss"] < without["val/loss"] and flipped["val/acc"] >= without["val/acc"]
+
+
+def choose_test_time_flip(exp: Experiment, holdout: Holdout, out: Path, checkpoint: str,
+                          quick: bool) -> dict[str, Any]:
+    """``lit-cv validate`` of the selected checkpoint on the fit's validation split without and with
+    ``--model.test_time_flip``; ``test_time_flip`` says whether the test pass uses it (:func:`flip_wins`)."""
+    scores: dict[bool, dict[str, float]] = {}
+    for flip in (False, True):
+        name = f"{exp.name}_validate_flip_{str(flip).lower()}"
+        args = ["validate", *_config_args(exp, holdout.fit_dir, holdout.fit_args), *_logger_args(exp, out, name),
+                "--model.test_time_flip", str(flip).lower(), "--ckpt_path", checkpoint,
+                *(["--trainer.limit_val_batches", "2"] if quick else [])]
+        code, _ = _lit_cv(args, out / "logs" / f"{name}.log")
+        if code != 0:
+            raise RuntimeError(f"lit-cv validate exit {code}, see logs/{name}.log")
+        report = json.loads((_latest_run(out / "runs" / name) / "metrics.json").read_text())["validate"]
+        scores[flip] = {k: report["metrics"][k] for k in ("val/acc", "val/loss")}
+    return {"test_time_flip": flip_wins(scores[False], scores[True]),
+            "flip_validation": {"without": scores[False], "flipped": scores[True]}}
+
+
+def test_once(exp: Experiment, holdout: Holdout, out: Path, checkpoint: str | None, quick: bool,
+              extra_args: list[str] | None = None) -> dict[str, Any]:
     """``lit-cv test`` of the selected checkpoint on the held-out test set: the row's one look at it."""
     if not checkpoint:
         raise RuntimeError(f"{exp.name}: the fit saved no best checkpoint to test; see logs/{exp.name}.log")
     name = f"{exp.name}_test"
     args = ["test", *_config_args(exp, holdout.test_dir, holdout.test_args), *_logger_args(exp, out, name),
-            "--ckpt_path", checkpoint, *(QUICK_TEST_ARGS if quick else [])]
+            *(extra_args or []), "--ckpt_path", checkpoint, *(QUICK_TEST_ARGS if quick else [])]
     code, wall = _lit_cv(args, out / "logs" / f"{name}.log")
     if code != 0:
         raise RuntimeError(f"lit-cv test exit {code}, see logs/{name}.log")
@@ -155,7 +180,11 @@ def run_fit(exp: Experiment, data_dir: Path, out: Path, quick: bool) -> dict[str
         row["selected_epoch"] = int(best["epoch"]) + 1
         row["metrics"].update({k: v for k, v in best.items() if k.startswith("val/")})
     if holdout is not None:
-        row.update(test_once(exp, holdout, out, report.get("best_checkpoint"), quick))
+        extra: list[str] = []
+        if exp.flip_candidate and report.get("best_checkpoint"):
+            row.update(choose_test_time_flip(exp, holdout, out, report["best_checkpoint"], quick))
+            extra = ["--model.test_time_flip", "true"] if row["test_time_flip"] else []
+        row.update(test_once(exp, holdout, out, report.get("best_checkpoint"), quick, extra))
         row["metrics"].update(row["test_metrics"])
         row.update(target_reached(row["metrics"], exp.target))
     if exp.data == "rps" and exp.group == "course":

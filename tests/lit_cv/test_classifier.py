@@ -12,7 +12,7 @@ from torchmetrics.classification import BinaryAUROC, MulticlassAUROC
 
 from datamodules.loaders import DataLoadersMixin
 from lit_cv import Classifier
-from lit_cv.classifier import confusion_image, defined_auroc, l1_penalty
+from lit_cv.classifier import confusion_image, defined_auroc, flip_averaged_logits, l1_penalty
 from lit_cv.nets import CNN2
 
 
@@ -357,3 +357,35 @@ def test_lightnings_hook_name_is_a_plain_attribute_write_and_modules_still_regis
     Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False).fit(model, _Blobs())  # bar off: output unread
     assert model._current_fx_name is None and model.global_step == 2
+
+
+def _cnn2():
+    torch.manual_seed(0)
+    return CNN2(n_feature=3, p=0.0, num_classes=3)
+
+
+def test_flip_averaged_logits_is_the_mean_over_the_image_and_its_mirror():
+    net = _cnn2().eval()
+    x = torch.rand(4, 3, 28, 28)
+    mirrored = x.flip(-1)
+    assert not torch.allclose(net(x), net(mirrored))  # the net is not mirror-symmetric: the average changes things
+    assert torch.allclose(flip_averaged_logits(net, x), (net(x) + net(mirrored)) / 2)
+    assert torch.allclose(flip_averaged_logits(net, x), flip_averaged_logits(net, mirrored), atol=1e-6)
+
+
+def test_test_time_flip_scores_evaluation_only():
+    model = Classifier(_cnn2(), num_classes=3, test_time_flip=True)
+    x = torch.rand(2, 3, 28, 28)
+    model.train()
+    assert torch.equal(model(x), model.net(x))  # training sees the images as they are
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), flip_averaged_logits(model.net, x))
+        assert torch.allclose(model.predict_proba(x), model.predict_proba(x.flip(-1)), atol=1e-6)
+    assert Classifier(_cnn2(), num_classes=3).eval()(x).equal(model.net(x))  # off by default
+
+
+def test_test_time_flip_on_tabular_rows_names_the_setting():
+    model = Classifier(_linear(3), num_classes=3, test_time_flip=True).eval()
+    with pytest.raises(ValueError, match=r"shape \(5, 2\).*test_time_flip: false"):
+        model(torch.rand(5, 2))

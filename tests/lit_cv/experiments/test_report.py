@@ -79,3 +79,14 @@ def test_transfer_rows_show_seconds_per_epoch(ends, shown):
     markdown = render_markdown({"date": "d", "device": "cpu", "versions": {}, "quick": False, "seed": 13,
                                 "rows": {"t": row}})
     assert f"| 8.2 min{f' ({shown})' if shown else ''} |" in markdown
+
+
+def test_flip_note_says_what_validation_chose():
+    from lit_cv.experiments.report import flip_note
+
+    row = {"test_time_flip": False,
+           "flip_validation": {"without": {"val/loss": 0.2812, "val/acc": 0.882},
+                               "flipped": {"val/loss": 0.2907, "val/acc": 0.8944}}}
+    assert flip_note(row) == ("test-time flip not used (validation without / with: val/loss 0.2812 / 0.2907, "
+                              "val/acc 0.8820 / 0.8944)")
+    assert flip_note({"note": "x"}) == ""

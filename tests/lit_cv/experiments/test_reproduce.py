@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from lit_cv.experiments import EXPERIMENTS, reproduce
+from lit_cv.experiments.runners import flip_wins
 
 ROWS = ["rps_normaliser", "rps_cnn2_dropout", "rps_lr_range_test", "bank_mlp_plain", "mnist_beat",
         "cats_dogs_convnet"]
@@ -129,3 +130,21 @@ def test_a_row_written_meanwhile_by_another_run_is_kept(tmp_path, monkeypatch):
     assert set(results["rows"]) == {"rps_beat", "mnist_beat", "bank_beat_duration"}
     on_disk = json.loads((out / "reproduce.json").read_text())
     assert list(on_disk["rows"]) == [e.name for e in EXPERIMENTS if e.name in on_disk["rows"]]  # registry order
+
+
+def test_a_flip_candidate_is_validated_both_ways_and_tested_as_the_rule_chose(tmp_path):
+    fake_data.make_rps(tmp_path / "rps", per_class=20, size=32, test_per_class=4)  # enough for a validation split
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_cv.commands.reproduce", "--data-dir", str(tmp_path), "--out", str(out),
+         "--quick", "--only", "rps_beat"],
+        check=False, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    row = json.loads((out / "reproduce.json").read_text())["rows"]["rps_beat"]
+    assert row["status"] == "ok", row
+    without, flipped = row["flip_validation"]["without"], row["flip_validation"]["flipped"]
+    assert without != flipped  # the flip changed the scores: the option reached the model
+    assert row["test_time_flip"] == flip_wins(without, flipped)
+    assert ("--model.test_time_flip true" in row["test_command"]) == row["test_time_flip"]
+    assert "test-time flip" in (out / "reproduce.md").read_text()

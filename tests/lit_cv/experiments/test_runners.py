@@ -1,10 +1,10 @@
-"""Runner helpers that need no training: time to target, a test-set target met or not."""
+"""Runner helpers that need no training: time to target, a test-set target met or not, the flip rule."""
 
 from __future__ import annotations
 
 import pytest
 
-from lit_cv.experiments.runners import target_reached, time_to_target
+from lit_cv.experiments.runners import flip_wins, target_reached, time_to_target
 
 HISTORY = [{"epoch": 0, "seconds": 6.337, "val/acc": 0.6}, {"epoch": 1, "seconds": 12.71, "val/acc": 0.9},
            {"epoch": 2, "seconds": 19.0, "val/acc": 0.95}]
@@ -34,3 +34,16 @@ def test_time_to_target(target, expected):
 )
 def test_target_reached(target, expected):
     assert target_reached({"test/acc": 0.9812, "val/acc": 1.0}, target) == expected
+
+
+@pytest.mark.parametrize(
+    ("flipped", "expected"),
+    [
+        ({"val/loss": 0.25, "val/acc": 0.90}, True),   # lower loss, same accuracy
+        ({"val/loss": 0.25, "val/acc": 0.89}, False),  # lower loss but an image lost
+        ({"val/loss": 0.30, "val/acc": 0.95}, False),  # the same loss is no gain
+        ({"val/loss": 0.35, "val/acc": 0.95}, False),
+    ],
+)
+def test_flip_wins_only_on_lower_loss_without_lower_accuracy(flipped, expected):
+    assert flip_wins({"val/loss": 0.30, "val/acc": 0.90}, flipped) is expected
