@@ -4,7 +4,7 @@
         --data.init_args.data_dir DIR
 
 Every other argument goes to ``lit-cv fit`` as given (``--config``, ``--model.*``, ``--data.*``, ``--trainer.*``). In
-one process, ``--rounds`` times, alternating which goes first:
+one process, each arm once untimed (first-call costs), then ``--rounds`` times, alternating which goes first:
 
 - ``lit-cv fit`` (``lit_cv.cli.main``, exactly what the console script runs: progress bar, TensorBoard logger,
   checkpoints, LR monitor, the full metric set, the per-class table and ``metrics.json``) with ``E1`` and with ``E2``
@@ -55,7 +55,12 @@ What the changes for issue 13 saved. Profiled first (cProfile with a CPU clock o
   Lightning's dispatch of every hook to every callback (~11% of an epoch in py-spy: the loop and a profiler context
   per callback, most hooks being the base no-op); cutting it means replacing Lightning's private
   ``_call_callback_hooks``: not done.
-Not cut here: two checkpoint writes an epoch (~20 ms each) and Lightning's per-callback hook dispatch (above).
+- measurement: only the plain loop used to be warmed up, so one-off costs of the first ``lit-cv fit`` and bare
+  Trainer run of a process (imports, first kernels) could land in ``T(E1)`` and shrink their epoch time in the
+  first round; every arm now runs once untimed first (rounds still range widely: machine noise). 2026-12-03 (plain epoch 0.25 s), RPS 5 rounds 1 vs 4 epochs: lit-cv 1.75x wall / 1.69x CPU
+  (0.83-2.39), bare 1.88x / 1.61x; bank-full 3 rounds 1 vs 3: lit-cv 1.55x / 1.54x (1.17-1.86), bare 1.16x / 1.32x.
+  A checkpoint write of the CNN2 run costs 4.4 ms (fsync 0.6 ms), 24 in 12 epochs: not where the time goes.
+Not cut here: two checkpoint writes an epoch (~5 ms each) and Lightning's per-callback hook dispatch (above).
 cProfile had put ``_current_fx_name``'s writes at ~0.5 ms a step: its per-call overhead inflates small calls;
 timeit gives 0.05 ms. What lit-cv adds over the bare Trainer (0.2x-0.5x of the plain loop) is the per-step
 bookkeeping of predictions, the callbacks' own hooks and the epoch-end metrics, checkpoints and images.
@@ -226,22 +231,28 @@ CLOCKS = ("wall", "cpu")
 KINDS = ("plain", "bare", "cli")  # the plain loop, a bare Lightning Trainer, lit-cv fit
 
 
+def plain_loop_seconds(cli_args: list[str], epochs: int) -> tuple[float, float]:
+    """Wall and CPU seconds of :func:`plain_loop`."""
+    run = plain_loop(cli_args, epochs=epochs)
+    return run["plain_loop_seconds"], run["plain_loop_cpu_seconds"]
+
+
 def compare(cli_args: list[str], rounds: int, e1: int, e2: int) -> dict[str, Any]:
     """Interleaved rounds of the plain loop, a bare Lightning Trainer and ``lit-cv fit`` (the order rotates each
-    round): per-epoch wall and CPU times and their ratios to the plain loop."""
-    plain_loop(cli_args, epochs=1)  # warm-up: decode/caches, first-call costs of torch
-    per_round = []
+    round): per-epoch wall and CPU times and their ratios to the plain loop. Each arm runs once before the rounds,
+    untimed: first-call costs (imports, decode caches, torch's first kernels) would otherwise land in the first
+    ``E1`` run of that arm and shrink its ``T(E2) - T(E1)``."""
     with tempfile.TemporaryDirectory() as tmp:
+        arms = {"plain": lambda e, tag: plain_loop_seconds(cli_args, e),
+                "bare": lambda e, tag: bare_lightning_seconds(cli_args, e),
+                "cli": lambda e, tag: cli_fit_seconds(cli_args, e, Path(tmp) / tag)}
+        for kind in KINDS:
+            arms[kind](e1, "warm-up")
+        per_round = []
         for r in range(rounds):
             times: dict[str, float] = {}
             for kind in KINDS[r % 3:] + KINDS[: r % 3]:
-                if kind == "plain":
-                    runs = [plain_loop(cli_args, epochs=e) for e in (e1, e2)]
-                    clocks = [(run["plain_loop_seconds"], run["plain_loop_cpu_seconds"]) for run in runs]
-                elif kind == "bare":
-                    clocks = [bare_lightning_seconds(cli_args, e) for e in (e1, e2)]
-                else:
-                    clocks = [cli_fit_seconds(cli_args, e, Path(tmp) / f"r{r}e{e}") for e in (e1, e2)]
+                clocks = [arms[kind](e, f"r{r}e{e}") for e in (e1, e2)]
                 for i, clock in enumerate(CLOCKS):
                     times[f"{kind}_{clock}"] = (clocks[1][i] - clocks[0][i]) / (e2 - e1)
             for clock in CLOCKS:

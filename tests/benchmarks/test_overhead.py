@@ -7,7 +7,8 @@ import json
 import pytest
 from conftest import REPO_ROOT
 
-from benchmarks.overhead import bare_lightning_seconds, main, plain_loop
+from benchmarks import overhead
+from benchmarks.overhead import bare_lightning_seconds, compare, main, plain_loop
 
 QUICKSTART = ["--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--model.lr_scheduler", "null"]
 SHORT = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
@@ -37,6 +38,27 @@ def test_interleaved_rounds_give_a_ratio_per_clock(tmp_path, capsys):
         assert round_[f"ratio_bare_{clock}"] == pytest.approx(round_[f"bare_{clock}"] / round_[f"plain_{clock}"])
     out = capsys.readouterr().out
     assert "ratio lit-cv / plain" in out and "ratio bare Lightning / plain" in out
+
+
+def test_first_call_costs_of_every_arm_stay_out_of_the_rounds(monkeypatch):
+    # Each arm costs 5 s more on its first call (imports, caches), then start-up + per-epoch seconds.
+    per_epoch = {"plain": 0.5, "bare": 0.6, "cli": 0.7}
+    calls: dict[str, int] = {}
+
+    def arm(kind):
+        def seconds(cli_args, epochs, *rest):
+            calls[kind] = calls.get(kind, 0) + 1
+            wall = 2.0 + per_epoch[kind] * epochs + (5.0 if calls[kind] == 1 else 0.0)
+            return wall, wall
+        return seconds
+
+    monkeypatch.setattr(overhead, "plain_loop_seconds", arm("plain"))
+    monkeypatch.setattr(overhead, "bare_lightning_seconds", arm("bare"))
+    monkeypatch.setattr(overhead, "cli_fit_seconds", arm("cli"))
+    result = compare([], rounds=3, e1=1, e2=4)
+    for round_ in result["rounds"]:
+        assert round_["ratio_wall"] == pytest.approx(1.4) and round_["ratio_bare_cpu"] == pytest.approx(1.2)
+    assert calls == {"plain": 7, "bare": 7, "cli": 7}  # one warm-up, then two runs a round
 
 
 def test_bare_lightning_trains_the_configs_net():
