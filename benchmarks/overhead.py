@@ -55,11 +55,12 @@ What the changes for issue 13 saved. Profiled first (cProfile with a CPU clock o
   Lightning's dispatch of every hook to every callback (~11% of an epoch in py-spy: the loop and a profiler context
   per callback, most hooks being the base no-op); cutting it means replacing Lightning's private
   ``_call_callback_hooks``: not done.
-- measurement: only the plain loop used to be warmed up, so one-off costs of the first ``lit-cv fit`` and bare
-  Trainer run of a process (imports, first kernels) could land in ``T(E1)`` and shrink their epoch time in the
-  first round; every arm now runs once untimed first (rounds still range widely: machine noise). 2026-12-03 (plain epoch 0.25 s), RPS 5 rounds 1 vs 4 epochs: lit-cv 1.75x wall / 1.69x CPU
-  (0.83-2.39), bare 1.88x / 1.61x; bank-full 3 rounds 1 vs 3: lit-cv 1.55x / 1.54x (1.17-1.86), bare 1.16x / 1.32x.
-  A checkpoint write of the CNN2 run costs 4.4 ms (fsync 0.6 ms), 24 in 12 epochs: not where the time goes.
+- measurement: only the plain loop used to be warmed up, so one-off costs of the first ``lit-cv fit`` and bare Trainer
+  run of a process (imports, first kernels) could land in ``T(E1)`` and shrink their epoch time in the first round;
+  every arm now runs once untimed first (rounds still range widely: machine noise). 2026-12-03 (plain epoch 0.25 s),
+  RPS 5 rounds 1 vs 4 epochs: lit-cv 1.75x wall / 1.69x CPU (0.83-2.39), bare 1.88x / 1.61x; bank-full 3 rounds 1 vs
+  3: lit-cv 1.55x / 1.54x (1.17-1.86), bare 1.16x / 1.32x. A checkpoint write of the CNN2 run costs 4.4 ms (fsync 0.6
+  ms), 24 in 12 epochs: not where the time goes.
 Not cut here: two checkpoint writes an epoch (~5 ms each) and Lightning's per-callback hook dispatch (above).
 cProfile had put ``_current_fx_name``'s writes at ~0.5 ms a step: its per-call overhead inflates small calls;
 timeit gives 0.05 ms. What lit-cv adds over the bare Trainer (0.2x-0.5x of the plain loop) is the per-step
