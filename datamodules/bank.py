@@ -158,12 +158,13 @@ def to_numbers(values: Any, column: str, source: str) -> np.ndarray:
     import pandas as pd
 
     missing = _is_missing(values, NUMERIC_MISSING)
-    numbers = pd.to_numeric(values.where(~missing, None), errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(numbers) & ~missing
+    # A copy: with masked cells, pandas 3 hands back a read-only view, and the sentinels below are written into it.
+    numbers = np.array(pd.to_numeric(values.where(~missing, None), errors="coerce"), dtype=np.float64)
+    bad = ~np.isfinite(numbers) & ~missing
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{source}, column {column!r}, line {_line(values, row)}: {values.iloc[row]!r} is not a number in a "
+            f"{source}, column {column!r}, line {_line(values, row)}: {values.iloc[row]!r} is not a finite number in a "
             f"numeric column ({int(bad.sum())} such cell(s)). Fix the value, or leave the cell blank (a missing "
             f"number: train median plus a `{column}=missing` indicator)."
         )
@@ -445,9 +446,14 @@ class BankMarketingDataModule(DataLoadersMixin, LightningDataModule):
         for col in numeric:
             if col in features.columns:
                 to_numbers(features[col], col, self._source)  # refuse stray text in any split, naming the line
-        train, val = stratified_split(
-            frame[self._target].to_numpy(), self.hparams.val_split, self.hparams.seed
-        )
+        labels = frame[self._target].to_numpy()
+        if self.encoder is None and len(np.unique(labels)) < 2:  # fitting: one class teaches nothing, AUROC is NaN
+            raise ValueError(
+                f"{self._source}, column {self._target!r}: every row has the label {int(labels[0])} "
+                f"({'yes' if labels[0] else 'no'}); a classifier needs rows of both classes. Use the whole file "
+                "(a filtered or truncated export keeps only one)."
+            )
+        train, val = stratified_split(labels, self.hparams.val_split, self.hparams.seed)
         self._frames = {"train": frame.iloc[train], "val": frame.iloc[val]}
         if self.encoder is None:
             train_features = self._frames["train"].drop(columns=self._target)

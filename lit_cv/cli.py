@@ -45,6 +45,7 @@ from lit_cv.resume import (
     LINKED_NET_ARGS,
     check_checkpoint_fits,
     read_ckpt_path,
+    resolve_last_for_evaluation,
     reuse_last_version,
     skip_pretrained_download,
 )
@@ -137,6 +138,8 @@ class LitCVCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # Before LightningCLI replaces the model config with the checkpoint's hyperparameters (and unpickles it).
         subcommand = self.config.get("subcommand")
+        if subcommand in ("test", "validate", "predict"):  # `last` = the newest run's, not the new version's
+            resolve_last_for_evaluation(self.config[subcommand])
         self.ckpt_summary = read_ckpt_path(self.config[subcommand]) if subcommand else None
 
     def before_instantiate_classes(self) -> None:

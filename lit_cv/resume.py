@@ -63,8 +63,7 @@ def reuse_last_version(config: Any) -> int | str | None:
     checkpoint = config.get("checkpoint")
     if checkpoint is not None and checkpoint.get("dirpath") is not None:
         return None
-    save_dir = init_args.get("save_dir") or config["trainer"].get("default_root_dir") or "."
-    name = init_args.get("name") or DEFAULT_LOGGER_NAME
+    save_dir, name = _run_root(config)
     found = find_last_checkpoint(save_dir, name)
     if found is None:
         log.warning(f"--ckpt_path last: no last.ckpt under {Path(save_dir, name)}/*/checkpoints; starting a new run.")
@@ -72,6 +71,45 @@ def reuse_last_version(config: Any) -> int | str | None:
     init_args["version"] = found[0]
     log.info(f"--ckpt_path last: resuming {found[1]} in the same log directory (version {found[0]!r}).")
     return found[0]
+
+
+def _run_root(config: Any) -> tuple[str, str]:
+    """``(save_dir, name)`` under which a parsed config's logger writes ``<version>/checkpoints/``."""
+    init_args = getattr(config.get("trainer", {}).get("logger"), "init_args", None) or {}
+    save_dir = init_args.get("save_dir") or config.get("trainer", {}).get("default_root_dir") or "."
+    return save_dir, init_args.get("name") or DEFAULT_LOGGER_NAME
+
+
+def resolve_last_for_evaluation(config: Any) -> Path | None:
+    """For a parsed ``test``/``validate``/``predict`` config with ``ckpt_path: last``: set ``ckpt_path`` to the newest
+    ``<save_dir>/<name>/*/checkpoints/last.ckpt`` and return it (else ``None``, nothing changed). These commands
+    write to a new version directory, where Lightning's own lookup finds no checkpoint and evaluates the untrained
+    net with only a warning.
+
+    Raises:
+        FileNotFoundError: no run of this config has a last checkpoint.
+    """
+    if config.get("ckpt_path") != "last":
+        return None
+    checkpoint = config.get("checkpoint")
+    dirpath = checkpoint.get("dirpath") if checkpoint is not None else None
+    if dirpath is not None:
+        candidates = [path for path in Path(dirpath).glob("last*.ckpt") if LAST_CHECKPOINT.fullmatch(path.name)]
+        found = max(candidates, key=lambda path: path.stat().st_mtime) if candidates else None
+        where = Path(dirpath)
+    else:
+        save_dir, name = _run_root(config)
+        newest = find_last_checkpoint(save_dir, name)
+        found = newest[1] if newest else None
+        where = Path(save_dir, name, "*", "checkpoints")
+    if found is None:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no last.ckpt under {where} (looked in {Path.cwd()}), so there are no trained weights "
+            "to evaluate. Run `lit-cv fit` with this config first, or pass the .ckpt file itself."
+        )
+    config["ckpt_path"] = str(found)
+    log.info(f"--ckpt_path last: using {found}.")
+    return found
 
 
 def skip_pretrained_download(config: Any) -> None:
@@ -110,6 +148,12 @@ def read_ckpt_path(config: Any) -> CheckpointSummary | None:
     if not text or text in LIGHTNING_CKPT_PATHS or text.startswith("registry:") or "://" in text:
         return None
     path = Path(text)
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"--ckpt_path {text!r} is a directory; pass a .ckpt file in it, e.g. "
+            f"{path / 'checkpoints' if (path / 'checkpoints').is_dir() else path}/last.ckpt, or `last` for the "
+            "newest run of this config."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"--ckpt_path {text!r} does not exist (looked in {Path.cwd()}). Pass a .ckpt written by `lit-cv fit` "

@@ -290,8 +290,31 @@ def test_other_text_in_a_numeric_column_is_refused_naming_file_column_line_value
     rows = _kaggle_rows(tmp_path)
     rows[10]["balance"] = "12,5k"
     path = _write(tmp_path, rows)
-    with pytest.raises(ValueError, match=r"bank.csv.*column 'balance', line 12: '12,5k' is not a number"):
+    with pytest.raises(ValueError, match=r"bank.csv.*column 'balance', line 12: '12,5k' is not a finite number"):
         BankMarketingDataModule(path).setup()
+
+
+def test_a_blank_pdays_is_imputed_and_flagged(tmp_path):
+    rows = _kaggle_rows(tmp_path)
+    for i in range(5, 200, 10):  # pandas 3 returned a read-only array here; writing the sentinels into it crashed
+        rows[i]["pdays"] = ""
+    dm = BankMarketingDataModule(_write(tmp_path, rows))
+    dm.setup("fit")
+    flag = _encoded(dm, "train")[:, dm.feature_names.index("pdays=never_contacted")]
+    assert torch.isfinite(_encoded(dm, "train")).all() and flag.sum() > 0
+
+
+def test_an_infinite_number_is_refused_naming_the_line(tmp_path):
+    rows = _kaggle_rows(tmp_path)
+    rows[3]["balance"] = "inf"
+    with pytest.raises(ValueError, match=r"column 'balance', line 5: 'inf' is not a finite number"):
+        BankMarketingDataModule(_write(tmp_path, rows)).setup()
+
+
+def test_a_file_of_one_class_is_refused_for_training(tmp_path):
+    rows = [row for row in _kaggle_rows(tmp_path) if row["deposit"] == "no"]
+    with pytest.raises(ValueError, match=r"every row has the label 0 \(no\); a classifier needs rows of both"):
+        BankMarketingDataModule(_write(tmp_path, rows)).setup()
 
 
 def test_id_and_free_text_columns_are_dropped_with_a_warning(tmp_path):

@@ -5,6 +5,7 @@ errors: one line ``lit-cv COMMAND: error: ...`` (what is wrong, the value, the f
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,21 @@ def test_checkpoint_reloads_without_net_and_predicts_same_probabilities(quick_ru
     written = torch.tensor([[float(r[f"prob_{c}"]) for c in range(10)] for r in rows])
     assert torch.allclose(written, probs, atol=1e-6)
     assert [int(r["pred"]) for r in rows] == probs.argmax(1).tolist()
+
+
+def test_test_with_ckpt_path_last_scores_the_newest_trained_run(quick_run, tmp_path):
+    # Lightning's own `last` lookup lands in test's new, empty version directory and scores an untrained net.
+    shutil.copytree(quick_run[0] / "runs", tmp_path / "runs")
+    fitted = json.loads((tmp_path / "runs/quickstart/version_0/metrics.json").read_text())["fit"]["metrics"]
+    result = lit_cv("test", "--config", QUICKSTART, "--ckpt_path", "last", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tested = json.loads((tmp_path / "runs/quickstart/version_1/metrics.json").read_text())["test"]["metrics"]
+    assert tested["test/acc"] >= 0.85 and tested["test/acc"] >= fitted["val/acc"] - 0.1  # chance is 0.1
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    message = one_error(lit_cv("test", "--config", QUICKSTART, "--ckpt_path", "last", cwd=empty), "test")
+    assert "--ckpt_path last: no last.ckpt under" in message and "Run `lit-cv fit` with this config first" in message
 
 
 def test_print_config_shows_resolved_config(tmp_path):

@@ -15,6 +15,7 @@ from lit_cv.resume import (
     check_checkpoint_fits,
     find_last_checkpoint,
     read_ckpt_path,
+    resolve_last_for_evaluation,
     reuse_last_version,
     skip_pretrained_download,
 )
@@ -61,6 +62,28 @@ def test_reuse_last_version_sets_the_logger_version(tmp_path: Path) -> None:
     assert reuse_last_version(fresh) is None and fresh.trainer.logger.init_args.version is None
     empty = _fit_config(tmp_path / "nothing")  # first run: Lightning warns and starts version_0
     assert reuse_last_version(empty) is None and empty.trainer.logger.init_args.version is None
+
+
+def test_last_for_test_and_predict_is_the_newest_runs_checkpoint(tmp_path: Path) -> None:
+    # test/predict write to a new version directory; Lightning's own `last` lookup there finds nothing.
+    now = time.time()
+    _touch_checkpoint(tmp_path / "exp" / "version_0" / "checkpoints" / "last.ckpt", now - 10)
+    _touch_checkpoint(tmp_path / "exp" / "version_1" / "checkpoints" / "last.ckpt", now)
+    config = _fit_config(tmp_path)
+    found = resolve_last_for_evaluation(config)
+    assert found == tmp_path / "exp" / "version_1" / "checkpoints" / "last.ckpt" and config.ckpt_path == str(found)
+
+    given = _fit_config(tmp_path, ckpt_path="runs/x/last.ckpt")
+    assert resolve_last_for_evaluation(given) is None and given.ckpt_path == "runs/x/last.ckpt"
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no last.ckpt under .*nothing.*Run `lit-cv fit`"):
+        resolve_last_for_evaluation(_fit_config(tmp_path / "nothing"))
+
+
+def test_a_directory_as_ckpt_path_names_the_file_to_pass(tmp_path: Path) -> None:
+    (tmp_path / "version_0" / "checkpoints").mkdir(parents=True)
+    config = Namespace(ckpt_path=str(tmp_path / "version_0"), model=Namespace(net=None))
+    with pytest.raises(FileNotFoundError, match=r"is a directory; pass a .ckpt file in it, e.g. .*checkpoints/last"):
+        read_ckpt_path(config)
 
 
 def test_checkpoint_runs_do_not_fetch_pretrained_weights() -> None:
