@@ -22,13 +22,15 @@ How a messy file is read (each case is a rule, none is silent):
   category ``<missing>``; a category not seen in training encodes as all zeros; a two-valued column is one 0/1 column;
 - id and free-text columns are dropped with a warning: text with more than ``max(20, min(MAX_CATEGORIES, rows / 2))``
   distinct values, or one per row (in a table of more than ``MIN_ID_ROWS`` rows), integers numbering the rows (a
-  consecutive range, one per row), and columns with no value at all.
+  consecutive range, one per row), columns with a blank header cell (an index written along) and columns with no
+  value at all; a header with one name fewer than the rows (R's row names) is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ NUMERIC_MISSING = BLANKS | {"?", "unknown"}  # also missing in a numeric column
 NUMERIC_SHARE = 0.9  # share of the non-missing cells that must parse as numbers for a numeric column
 MAX_CATEGORIES = 100  # more distinct values than this (or than half the rows, at least 20): an id / free text
 MIN_ID_ROWS = 20  # one distinct value per row makes a column an id only in tables longer than this
+UNNAMED = re.compile(r"Unnamed: \d+")  # pandas' name for a column whose header cell is blank
 SENTINELS = {"pdays": ("never_contacted", (-1.0, 999.0))}  # column: (indicator name, values meaning "none")
 MISSING_CATEGORY = "<missing>"
 ENCODING_VERSION = 2  # 1: the hand-written encoder of lit-cv <= 0.x (not readable any more)
@@ -115,6 +118,13 @@ def read_bank_csv(path: Path) -> tuple[Any, str]:
         frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise ValueError(f"{str(path)!r} is not a readable CSV (separator {sep!r}): {err}") from None
+    shifted = not isinstance(frame.index, pd.RangeIndex)  # pandas took each row's surplus first field as the index
+    if shifted:
+        raise ValueError(
+            f"{str(path)!r}: the data rows have one field more than the header ({len(frame.columns)} names), so every "
+            "column would be read under its neighbour's name. The first field of each row has no name (a row-name "
+            "column, as R's write.table writes it). Add a name for it at the start of the header, or remove it."
+        )
     frame.columns = [str(c).strip() for c in frame.columns]
     frame = frame.apply(lambda col: col.str.strip())
     target = next((t for t in TARGETS if t in frame.columns), None)
@@ -188,6 +198,9 @@ def infer_columns(frame: Any, source: str) -> tuple[list[str], list[str]]:
     max_categories = max(20, min(MAX_CATEGORIES, rows // 2))
     for col in frame.columns:
         values = frame[col]
+        if UNNAMED.fullmatch(str(col)):  # a blank header cell: an index written along (pandas' to_csv, R's write.csv)
+            dropped.append(f"{col} (no name: an index column)")
+            continue
         present = values[~_is_missing(values, NUMERIC_MISSING)]
         if (~_is_missing(values, BLANKS)).sum() == 0:
             dropped.append(f"{col} (empty)")

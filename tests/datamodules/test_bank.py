@@ -317,6 +317,26 @@ def test_a_file_of_one_class_is_refused_for_training(tmp_path):
         BankMarketingDataModule(_write(tmp_path, rows)).setup()
 
 
+def test_a_header_one_name_short_is_refused_not_shifted(tmp_path):
+    # R's write.table writes row names with no header cell: pandas would read `age` under the index, and every
+    # column under its neighbour's name (duration would survive drop_duration as another column).
+    path = fake_data.make_bank_uci(tmp_path / "bank", n=200)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0]] + [f'"r{i}";{line}' for i, line in enumerate(lines[1:])]) + "\n")
+    with pytest.raises(ValueError, match=r"data rows have one field more than the header .*Add a name for it"):
+        BankMarketingDataModule(path).setup()
+
+
+def test_an_index_column_with_a_blank_header_is_dropped(tmp_path):
+    path = fake_data.make_bank_kaggle(tmp_path / "src", n=300)
+    sample = pd.read_csv(path, dtype=str).sample(frac=0.8, random_state=0)  # row numbers no longer consecutive
+    sample.to_csv(tmp_path / "bank.csv")  # pandas writes the index under a blank header cell
+    dm = BankMarketingDataModule(tmp_path / "bank.csv")
+    with pytest.warns(UserWarning, match=r"Unnamed: 0 \(no name: an index column\)"):
+        dm.setup("fit")
+    assert not [name for name in dm.feature_names if name.startswith("Unnamed")]
+
+
 def test_id_and_free_text_columns_are_dropped_with_a_warning(tmp_path):
     rows = _kaggle_rows(tmp_path)
     for i, row in enumerate(rows):
