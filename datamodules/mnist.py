@@ -188,8 +188,18 @@ class MNISTDataModule(ImageDataModule):
                 f"{str(path)!r} is not Kaggle's digit-recognizer train.csv (expected 785 columns "
                 f"label,pixel0..pixel783; got {frame.shape[1]} columns starting {list(frame.columns[:3])})."
             )
-        labels = torch.tensor(frame.pop("label").to_numpy(), dtype=torch.long)
-        images = torch.tensor(frame.to_numpy(dtype=np.uint8).reshape(-1, 28, 28))
+        label_values, pixels = frame.pop("label").to_numpy(), frame.to_numpy(dtype=np.float64)
+        for what, values, top in (("pixel", pixels, 255), ("label", label_values.astype(np.float64), 9)):
+            bad = np.isnan(values) | (values < 0) | (values > top) | (values % 1 != 0)  # a uint8 cast would hide them
+            if bad.any():
+                row = int(np.flatnonzero(bad.any(axis=1) if values.ndim == 2 else bad)[0])
+                raise ValueError(
+                    f"{str(path)!r}, line {row + 2}: every {what} must be a whole number 0-{top} "
+                    f"({int(bad.sum())} cell(s) are not: blank, fractional, e.g. pixels scaled to [0, 1], or out of "
+                    f"range). Write the {what}s as Kaggle's train.csv has them."
+                )
+        labels = torch.tensor(label_values, dtype=torch.long)
+        images = torch.tensor(pixels.astype(np.uint8).reshape(-1, 28, 28))
         return images, labels, (str(path), path.stat().st_size)
 
     def _read_idx_pair(self, files: dict[str, Path], prefix: str) -> tuple[torch.Tensor, torch.Tensor, Any]:

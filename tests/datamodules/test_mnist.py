@@ -100,6 +100,25 @@ def test_train_from_test_when_train_images_are_missing(tmp_path):
     assert dm.splits["test"] is dm.splits["val"]
 
 
+@pytest.mark.parametrize("scale, label, expected", [
+    (1 / 255, None, r"line 2: every pixel must be a whole number 0-255"),  # pixels saved as floats in [0, 1]
+    (1.0, 10, r"line 7: every label must be a whole number 0-9"),
+])
+def test_kaggle_csv_with_scaled_pixels_or_bad_labels_is_refused(tmp_path, scale, label, expected):
+    import pandas as pd
+
+    root = fake_data.make_mnist_csv(tmp_path / "k", n=40)
+    frame = pd.read_csv(root / "train.csv")
+    pixels = frame.columns[1:]
+    frame[pixels] = frame[pixels].astype(float) * scale
+    frame[pixels] = frame[pixels].where(frame[pixels] > 0, 0.5 * (scale < 1))  # a fraction in every row
+    if label is not None:
+        frame.loc[5, "label"] = label
+    frame.to_csv(root / "train.csv", index=False)
+    with pytest.raises(ValueError, match=expected):
+        MNISTDataModule(root, source="csv", cache_dir=tmp_path / "c").setup("fit")
+
+
 def test_kaggle_csv_source(tmp_path):
     root = fake_data.make_mnist_csv(tmp_path / "k", n=40)
     dm = MNISTDataModule(root, source="csv", val_split=0.25, num_workers=0, cache_dir=tmp_path / "c")
