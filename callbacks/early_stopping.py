@@ -254,6 +254,21 @@ class EarlyStopping(_LightningEarlyStopping):
         checkpoint = self._matching_checkpoint(trainer)
         path = checkpoint.best_model_path if checkpoint is not None else ""
         trainer.strategy.barrier("early_stopping_restore")
+        if self.best_epoch is None:  # checked on every rank: they all return or all validate again
+            rank_zero_warn(
+                f"EarlyStopping: `{self.monitor}` was never finite (NaN or inf at every validation; e.g. AUROC of a "
+                "validation set holding one class), so there are no best weights: keeping the last ones."
+            )
+            return
+        saved = getattr(checkpoint, "best_model_score", None)
+        if path and saved is not None and not math.isclose(float(saved), self.best_weights_score, rel_tol=1e-6):
+            # a run resumed into a new version directory: its ModelCheckpoint's best is this run's, not the best
+            rank_zero_warn(
+                f"EarlyStopping: the best checkpoint {path} holds {self.monitor}={float(saved):.6g}, not the best "
+                f"{self.best_weights_score:.6g} of epoch {self.best_epoch} (saved before a resume into another run "
+                "folder); keeping the last weights. Resume with `--ckpt_path last` to continue in the same folder."
+            )
+            return
         if path and Path(path).is_file():
             try:  # restored from a resumed run folder, so not necessarily ours: never unpickle objects
                 if isinstance(trainer.strategy.checkpoint_io, TorchCheckpointIO):  # one local file
@@ -269,11 +284,10 @@ class EarlyStopping(_LightningEarlyStopping):
             pl_module.load_state_dict(self._best_weights, strict=True)
             self.restored_from = "memory"
         else:
-            if self.best_epoch is not None:
-                rank_zero_warn(
-                    f"EarlyStopping: the best checkpoint {path or '(none saved)'} of `{self.monitor}` is "
-                    "missing; keeping the last weights."
-                )
+            rank_zero_warn(
+                f"EarlyStopping: the best checkpoint {path or '(none saved)'} of `{self.monitor}` is "
+                "missing; keeping the last weights."
+            )
             return
         score = f"{self.monitor}={self.best_weights_score:.6g}" if self.best_weights_score is not None else ""
         rank_zero_info(

@@ -352,6 +352,15 @@ class Classifier(LightningModule):
         # Last computed confusion matrix per stage (rows = true class): read by reports and the per-class table.
         self.confusion: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, weights_only: bool | None = True,
+                             **kwargs: Any) -> Classifier:
+        """Lightning's ``load_from_checkpoint``, reading tensors and plain values only unless ``weights_only=False``
+        is passed: Lightning turns the default ``None`` into ``False`` under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``,
+        which runs any code pickled into the file."""
+        load = super().load_from_checkpoint  # Lightning's restricted classmethod, bound to cls
+        return load(checkpoint_path, *args, weights_only=True if weights_only is None else weights_only, **kwargs)
+
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` (a str) twice per hook call, 44 times a training step, through
         # nn.Module.__setattr__'s parameter/module/buffer checks; a plain attribute write is the same result at a

@@ -218,6 +218,36 @@ def test_resumed_run_restores_a_best_epoch_from_before_the_resume(tiny_trainer_k
     _assert_same(resumed.state_dict(), snapshots.by_epoch[1])
 
 
+def test_a_monitor_never_finite_keeps_the_last_weights_and_says_why(tiny_trainer_kwargs, tmp_path):
+    # ModelCheckpoint still saves a "best" file of NaN scores: restoring it used to report "epoch None".
+    early = EarlyStopping("val/score", patience=5)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/score", save_top_k=1)
+    snapshots = WeightSnapshots()
+    model = Scripted([math.nan] * 3)
+    trainer = _trainer(tiny_trainer_kwargs, 3, [early, checkpoint, snapshots], checkpointing=True)
+    with pytest.warns(UserWarning, match=r"`val/score` was never finite .*keeping the last ones"):
+        trainer.fit(model, _Random())
+    assert early.best_epoch is None and early.restored_from is None
+    _assert_same(model.state_dict(), snapshots.by_epoch[max(snapshots.by_epoch)])  # check_finite stops at once
+
+
+def test_a_resume_into_another_folder_keeps_the_last_weights_not_a_mislabelled_best(tiny_trainer_kwargs, tmp_path):
+    # The new folder's ModelCheckpoint starts without the old best, so its "best" file is a worse, later epoch.
+    values = [1.0, 0.5, 0.9, 0.8, 0.7]
+    first_early = EarlyStopping("val/score", patience=5)
+    first = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/score", save_top_k=1, save_last=True)
+    _trainer(tiny_trainer_kwargs, 3, [first_early, first], checkpointing=True).fit(Scripted(values), _Random())
+    early = EarlyStopping("val/score", patience=5)
+    snapshots = WeightSnapshots()
+    other = ModelCheckpoint(dirpath=tmp_path / "ckpt2", monitor="val/score", save_top_k=1)
+    resumed = Scripted(values)
+    trainer = _trainer(tiny_trainer_kwargs, 5, [early, other, snapshots], checkpointing=True)
+    with pytest.warns(UserWarning, match=r"holds val/score=0.7, not the best 0.5 of epoch 1 .*keeping the last"):
+        trainer.fit(resumed, _Random(), ckpt_path=tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert early.restored_from is None
+    _assert_same(resumed.state_dict(), snapshots.by_epoch[4])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -1,5 +1,7 @@
 import json
+import pickle
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,6 +152,28 @@ def test_per_step_scheduler_stepped_per_epoch_is_refused(tiny_trainer_kwargs):
     )
     with pytest.raises(ValueError, match="scheduler_interval: step"):
         _fit(model, tiny_trainer_kwargs, epochs=1)
+
+
+class _Planted:
+    """Runs code when unpickled: a checkpoint carrying it must be refused."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path.cwd() / "PLANTED",))
+
+
+def test_load_from_checkpoint_never_unpickles_objects_even_when_forced(tiny_trainer_kwargs, tmp_path, monkeypatch):
+    # Lightning turns weights_only=None into False under this variable.
+    trainer = _fit(Classifier(_linear(3)), tiny_trainer_kwargs, epochs=1)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    planted = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    planted["extra"] = _Planted()
+    torch.save(planted, tmp_path / "planted.ckpt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        Classifier.load_from_checkpoint(tmp_path / "planted.ckpt", net=_linear(3))
+    assert not (tmp_path / "PLANTED").exists()
+    assert Classifier.load_from_checkpoint(tmp_path / "model.ckpt", net=_linear(3)).hparams.num_classes == 3
 
 
 def test_plateau_scheduler_gets_monitor(tiny_trainer_kwargs):
