@@ -44,6 +44,7 @@ from lit_cv.classifier import Classifier
 from lit_cv.resume import (
     LINKED_NET_ARGS,
     check_checkpoint_fits,
+    last_checkpoint_of,
     read_ckpt_path,
     resolve_last_for_evaluation,
     reuse_last_version,
@@ -144,7 +145,11 @@ class LitCVCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":  # `--ckpt_path last` continues the newest run in its own version directory
-            reuse_last_version(self.config["fit"])
+            resumed = reuse_last_version(self.config["fit"])
+            if resumed is not None:  # the same checks as for a named file: the right net, plain values only
+                named = self.config["fit"].clone()
+                named["ckpt_path"] = str(last_checkpoint_of(named))
+                self.ckpt_summary = read_ckpt_path(named)
         if self.subcommand is not None:
             skip_pretrained_download(self.config[self.subcommand])
 

@@ -80,6 +80,12 @@ def _run_root(config: Any) -> tuple[str, str]:
     return save_dir, init_args.get("name") or DEFAULT_LOGGER_NAME
 
 
+def last_checkpoint_of(config: Any) -> Path | None:
+    """The newest ``last.ckpt`` of the runs a parsed config's logger writes (see ``find_last_checkpoint``)."""
+    found = find_last_checkpoint(*_run_root(config))
+    return found[1] if found else None
+
+
 def resolve_last_for_evaluation(config: Any) -> Path | None:
     """For a parsed ``test``/``validate``/``predict`` config with ``ckpt_path: last``: set ``ckpt_path`` to the newest
     ``<save_dir>/<name>/*/checkpoints/last.ckpt`` and return it (else ``None``, nothing changed). These commands
@@ -98,10 +104,8 @@ def resolve_last_for_evaluation(config: Any) -> Path | None:
         found = max(candidates, key=lambda path: path.stat().st_mtime) if candidates else None
         where = Path(dirpath)
     else:
-        save_dir, name = _run_root(config)
-        newest = find_last_checkpoint(save_dir, name)
-        found = newest[1] if newest else None
-        where = Path(save_dir, name, "*", "checkpoints")
+        found = last_checkpoint_of(config)
+        where = Path(*_run_root(config), "*", "checkpoints")
     if found is None:
         raise FileNotFoundError(
             f"--ckpt_path last: no last.ckpt under {where} (looked in {Path.cwd()}), so there are no trained weights "

@@ -231,6 +231,15 @@ def test_a_checkpoint_of_another_net_names_both_nets(quick_run, tmp_path):
     assert f"--config {ckpt.parents[1] / 'config.yaml'}" in message
 
 
+def test_fit_ckpt_path_last_of_another_net_is_the_same_one_message(quick_run, tmp_path):
+    # `last` is resolved to a file late (the run's own version directory); it used to skip the check: a traceback.
+    shutil.copytree(quick_run[0] / "runs", tmp_path / "runs")
+    result = lit_cv("fit", "--config", QUICKSTART, "--ckpt_path", "last", "--model.net", "lit_cv.nets.ConvNet",
+                    cwd=tmp_path)
+    message = one_error(result, "fit")
+    assert "holds a lit_cv.nets.CNN2(" in message and "the config builds a lit_cv.nets.ConvNet(" in message, message
+
+
 def test_a_checkpoint_of_other_classes_names_both(quick_run, rps_layouts, tmp_path):
     """The digits checkpoint (10 classes) with RPS data (3 classes): before, a raw shape error."""
     cwd, _ = quick_run
