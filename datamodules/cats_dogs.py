@@ -13,13 +13,14 @@ from datamodules.image_datamodule import Augment
 from datamodules.image_folder import FileSplit, ImageFolderDataModule
 from datamodules.splits import check_val_split, stratified_split
 
+VALIDATION_FOLDERS = ("validation", "val", "valid")  # names a validation folder goes by (Keras, Kaggle)
 ALIASES = {"cat": ("cats",), "dog": ("dogs",)}
 
 
 class CatsDogsDataModule(ImageFolderDataModule):
     """Cats vs. Dogs from either layout (class folders ``cat``/``cats``/``Cat`` and ``dog``/``dogs``/``Dog``):
 
-    - ``train/{cat,dog}`` with optional ``validation/{cat,dog}`` and ``test/{cat,dog}``; without a validation
+    - ``train/{cat,dog}`` with optional ``validation/{cat,dog}`` (or ``val/``, ``valid/``) and ``test/{cat,dog}``; without a validation
       folder, ``val_split`` of ``train`` (stratified, seeded) validates; without a test folder, the validation
       split also tests;
     - Microsoft's ``PetImages/{Cat,Dog}`` (one folder, known to hold a few corrupt files, which are skipped with a
@@ -43,7 +44,7 @@ class CatsDogsDataModule(ImageFolderDataModule):
     CLASS_NAMES = ("cat", "dog")
     DOWNLOAD_NAME = "cats_dogs"
     LAYOUT = (
-        "  DATA_DIR/train/{cat,dog}/*.jpg  (or cats/dogs), optional DATA_DIR/validation/... and DATA_DIR/test/...\n"
+        "  DATA_DIR/train/{cat,dog}/*.jpg  (or cats/dogs), optional DATA_DIR/validation/ (or val/, valid/) and DATA_DIR/test/...\n"
         "  or DATA_DIR/PetImages/{Cat,Dog}/*.jpg  (Microsoft's kagglecatsanddogs zip), split by val_split"
     )
 
@@ -92,8 +93,14 @@ class CatsDogsDataModule(ImageFolderDataModule):
         if not (root / "train").is_dir():
             raise self._missing(f"Neither {str(root / 'train')!r} nor {str(root / 'PetImages')!r} exists")
         train = self._class_tree(root / "train", ALIASES)
-        if (root / "validation").is_dir():
-            val = self._class_tree(root / "validation", ALIASES)
+        given = [name for name in VALIDATION_FOLDERS if (root / name).is_dir()]
+        if len(given) > 1:
+            raise ValueError(
+                f"{str(root)!r} has {' and '.join(f'{name}/' for name in given)}: which validates is unclear. Keep "
+                "one (or merge them into validation/)."
+            )
+        if given:
+            val = self._class_tree(root / given[0], ALIASES)
         else:
             train, val = self._split(train)
         test = self._class_tree(root / "test", ALIASES) if (root / "test").is_dir() else val

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -53,6 +54,19 @@ def test_validation_and_test_folders_are_used(tmp_path):
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [8, 4, 6]
     assert all(p.parts[-3] == "validation" for p in dm.splits["val"].paths)
     assert all(p.parts[-3] == "test" for p in dm.splits["test"].paths)
+
+
+@pytest.mark.parametrize("name", ["val", "valid"])
+def test_a_val_or_valid_folder_validates(tmp_path, name):
+    # Keras/Kaggle exports name it so; it used to be ignored, and validation was carved out of train instead.
+    root = fake_data.make_cats_dogs(tmp_path / "cd", per_class=4, validation=2, test=3, bad_files=False)
+    (root / "validation").rename(root / name)
+    dm = setup_quietly(small(root, tmp_path))
+    assert [len(dm.splits[s]) for s in ("train", "val")] == [8, 4]
+    assert all(p.parts[-3] == name for p in dm.splits["val"].paths)
+    shutil.copytree(root / name, root / "validation")
+    with pytest.raises(ValueError, match=rf"has validation/ and {name}/: which validates is unclear"):
+        setup_quietly(small(root, tmp_path / "again"))
 
 
 def test_petimages_layout_with_bad_files(tmp_path):
