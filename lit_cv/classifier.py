@@ -353,13 +353,12 @@ class Classifier(LightningModule):
         self.confusion: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, weights_only: bool | None = True,
-                             **kwargs: Any) -> Classifier:
-        """Lightning's ``load_from_checkpoint``, reading tensors and plain values only unless ``weights_only=False``
-        is passed: Lightning turns the default ``None`` into ``False`` under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``,
-        which runs any code pickled into the file."""
-        load = super().load_from_checkpoint  # Lightning's restricted classmethod, bound to cls
-        return load(checkpoint_path, *args, weights_only=True if weights_only is None else weights_only, **kwargs)
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Classifier:
+        """Lightning's ``load_from_checkpoint``, always reading tensors and plain values only: Lightning turns its
+        default ``weights_only=None`` into ``False`` under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which runs any code
+        pickled into the file (see ``callbacks.model_checkpoint.SafeCheckpointIO`` for the CLI's loads)."""
+        kwargs["weights_only"] = True
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` (a str) twice per hook call, 44 times a training step, through
